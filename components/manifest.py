@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import posixpath
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 import tensorflow as tf
 
 MANIFEST_FILE = "manifest.json"
+# The image sets it at build time: a container has no git checkout.
+CODE_VERSION_ENV = "CVPIPE_CODE_VERSION"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,10 @@ def read_manifest(directory: str, *stages: str) -> Manifest:
 
 
 def code_version() -> str:
-    """The git commit of this checkout (with `-dirty` when modified), or `unknown`."""
+    """$CVPIPE_CODE_VERSION (set in the project image), else the git commit of this checkout (with
+    `-dirty` when modified), else `unknown`."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(

@@ -43,6 +43,13 @@ from components.manifest import MANIFEST_FILE, Manifest, code_version, read_json
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# Tags of a pipeline run (the parent run): what it is, which KFP run, which data.
+KIND_TAG = "cvpipe.kind"
+PIPELINE_KIND = "pipeline"
+KFP_RUN_ID_TAG = "cvpipe.kfp_run_id"
+DATA_SOURCE_TAG = "cvpipe.data_source"
+DATA_FINGERPRINT_TAG = "cvpipe.data_fingerprint"  # components.ingest.fingerprint of the source
+DATA_INPUTS_TAG = "cvpipe.data_inputs"  # how many inputs the source listed
 # The artifact of the pyfunc model that holds the exported SavedModel directory.
 SAVED_MODEL_ARTIFACT = "saved_model"
 # Name of the LoggedModel inside its run.
@@ -83,11 +90,20 @@ def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Map
 
     Stage runs attach to it with `log_stage(..., parent_run_id=...)`; `finish_run` ends it.
     """
-    run_id = start_run(config, run_name=run_name, tags={"cvpipe.kind": "pipeline", **tags})
+    run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
     _client(config.tracking).log_batch(run_id, params=_params(config.to_dict()))
     logger.info("Started MLflow pipeline run %s in experiment %r at %s", run_id, config.tracking.experiment,
                 tracking_uri(config.tracking))
     return run_id
+
+
+def pipeline_runs(config: Config, *, filter_string: str = "", max_results: int = 100) -> list[mlflow.entities.Run]:
+    """The pipeline runs of the configured experiment (any status), newest first; `filter_string`
+    narrows them in MLflow's search syntax, e.g. `tags.`cvpipe.kfp_run_id` = 'abc'`."""
+    client = _client(config.tracking)
+    search = f"tags.`{KIND_TAG}` = '{PIPELINE_KIND}'" + (f" and {filter_string}" if filter_string else "")
+    return list(client.search_runs([_experiment_id(client, config.tracking)], search, max_results=max_results,
+                                   order_by=["attributes.start_time DESC"]))
 
 
 def start_run(config: Config, *, run_name: str | None = None, tags: Mapping[str, str] = {},
