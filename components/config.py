@@ -340,7 +340,12 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r}: expected section.key=value")
         _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else "", override)
-    return _build(Config, data, source=path or "defaults").validate()
+    return config_from_dict(data, source=path or "defaults")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "a mapping") -> Config:
+    """Builds the configuration from nested sections (a subset of `Config.to_dict()`); the rest defaults."""
+    return _build(Config, data, source=source).validate()
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -412,6 +417,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} must be null")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():  # JSON numbers via protobuf Struct
+        return int(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

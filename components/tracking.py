@@ -97,13 +97,48 @@ def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Map
     return run_id
 
 
-def pipeline_runs(config: Config, *, filter_string: str = "", max_results: int = 100) -> list[mlflow.entities.Run]:
-    """The pipeline runs of the configured experiment (any status), newest first; `filter_string`
-    narrows them in MLflow's search syntax, e.g. `tags.`cvpipe.kfp_run_id` = 'abc'`."""
+def pipeline_runs(config: Config, *, data_source: str | None = None, kfp_run_id: str | None = None,
+                  max_results: int = 100) -> list[mlflow.entities.Run]:
+    """The pipeline runs of the configured experiment (any status), newest first; only those of
+    `data_source` (as `source_tag` spells it) or of KFP run `kfp_run_id` when given."""
     client = _client(config.tracking)
-    search = f"tags.`{KIND_TAG}` = '{PIPELINE_KIND}'" + (f" and {filter_string}" if filter_string else "")
-    return list(client.search_runs([_experiment_id(client, config.tracking)], search, max_results=max_results,
-                                   order_by=["attributes.start_time DESC"]))
+    search = [f"tags.`{KIND_TAG}` = '{PIPELINE_KIND}'"]
+    if data_source is not None:
+        search.append(f"tags.`{DATA_SOURCE_TAG}` = {_quoted(source_tag(data_source))}")
+    if kfp_run_id is not None:
+        search.append(f"tags.`{KFP_RUN_ID_TAG}` = {_quoted(kfp_run_id)}")
+    return list(client.search_runs([_experiment_id(client, config.tracking)], " and ".join(search),
+                                   max_results=max_results, order_by=["attributes.start_time DESC"]))
+
+
+def source_tag(data_source: str) -> str:
+    """How a pipeline run records its data source: the path without a trailing slash."""
+    return data_source.rstrip("/") or data_source
+
+
+def _quoted(value: str) -> str:
+    """`value` as a string literal of MLflow's search syntax, which has no escapes."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"cannot search MLflow for {value!r}: it holds both kinds of quotes")
+
+
+def child_runs(config: Config, parent_run_id: str) -> list[mlflow.entities.Run]:
+    """The stage (child) runs of a pipeline run, oldest first."""
+    client = _client(config.tracking)
+    return list(client.search_runs([_experiment_id(client, config.tracking)],
+                                   f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order_by=["attributes.start_time ASC"]))
+
+
+def registered_versions(config: Config, run_id: str) -> list[ModelVersionInfo]:
+    """The versions of `tracking.registered_model` that run `run_id` registered."""
+    settings = config.tracking
+    client = _client(settings)
+    found = client.search_model_versions(f"name = '{settings.registered_model}' and run_id = '{run_id}'")
+    champion = client.get_registered_model(settings.registered_model).aliases.get(CHAMPION_ALIAS) if found else None
+    return [ModelVersionInfo(v.name, int(v.version), f"models:/{v.name}/{v.version}", str(v.version) == str(champion))
+            for v in found]
 
 
 def start_run(config: Config, *, run_name: str | None = None, tags: Mapping[str, str] = {},

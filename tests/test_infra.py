@@ -1,4 +1,6 @@
-"""Deployment manifests in infra/: TF Serving (kustomize base + overlays), MLflow, docker-compose.
+"""Deployment manifests in infra/ and the project image in containers/: TF Serving (kustomize base +
+overlays), MLflow, docker-compose, Kubeflow Pipelines storage and secrets, multi-worker training, and the
+Dockerfiles with their .dockerignore and GPU lock.
 
 No cluster, Docker engine or registry is reachable here, so the manifests are checked for what can be
 known offline, against the real definitions wherever one is installed:
@@ -18,6 +20,19 @@ known offline, against the real definitions wherever one is installed:
   tensorflow-serving-api wheel, see `serving_protos`), plus the rules TF Serving applies to them;
 - the HPA and PDB select the Deployment, mounts and ConfigMaps/PVCs/Secrets resolve, the Prometheus
   path is monitoring.config's, the compose file mounts files that exist and runs the same flags;
+- Kubeflow Pipelines: the claims the pipeline's steps mount exist in the KFP namespace, are bound to
+  the volumes they name, and the model store the deploy step writes is the one TF Serving reads
+  (across namespaces: the same NFS directory; or one namespace; or gs://); secret examples carry the
+  keys the pipeline's --gcp-secret/--aws-secret/--mlflow-secret read;
+- multi-worker training: the TFJob (a CRD: its fields are checked against the Training Operator's v1
+  API, declared below) and the Indexed Job give every worker a TF_CONFIG that TensorFlow's
+  TFConfigClusterResolver and components/train read as one cluster with exactly one chief (the Indexed
+  Job's script really runs), and the train CLI accepts their arguments;
+- Dockerfiles: pinned FROM images (the Beam SDK image at the locked apache-beam), a numeric non-root
+  USER, dependencies only from requirements.lock (and containers/requirements-gpu.lock, which must be
+  exactly tensorflow[and-cuda]'s CUDA wheels), COPY sources that exist and survive .dockerignore,
+  provenance (CVPIPE_CODE_VERSION, OCI labels), the GPU file in step with the CPU one, and hadolint
+  (pinned in requirements.lock) on both; KFP's lightweight components find python3 and the locked kfp;
 - every checker is also shown a broken example and must reject it.
 """
 
@@ -27,9 +42,12 @@ import copy
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,14 +59,27 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 SERVING = INFRA / "serving"
 BASE = SERVING / "base"
-OVERLAYS = {name: SERVING / "overlays" / name for name in ("local", "gcs", "gpu")}
+OVERLAYS = {name: SERVING / "overlays" / name for name in ("local", "gcs", "gpu", "nfs", "kubeflow-local")}
 MLFLOW = INFRA / "mlflow"
 COMPOSE = INFRA / "docker-compose.yml"
-KUSTOMIZATIONS = [BASE, *OVERLAYS.values(), MLFLOW]
+KUBEFLOW = INFRA / "kubeflow"
+KUBEFLOW_OVERLAYS = {name: KUBEFLOW / "overlays" / name for name in ("nfs", "multi-user", "gcs", "local")}
+TRAINING = INFRA / "training"
+TRAINING_KUSTOMIZATIONS = {name: TRAINING / name for name in ("tfjob", "indexed-job")}
+SECRET_EXAMPLES = KUBEFLOW / "secrets"
+# Every kustomization, by the name the `builds` fixture gives its output.
+BUILD_DIRS = {"base": BASE, **OVERLAYS, "mlflow": MLFLOW, "kubeflow": KUBEFLOW / "base",
+              **{f"kubeflow/{name}": path for name, path in KUBEFLOW_OVERLAYS.items()},
+              **{f"training/{name}": path for name, path in TRAINING_KUSTOMIZATIONS.items()}}
+KUSTOMIZATIONS = list(BUILD_DIRS.values())
 # Manifests applied on their own, not through a kustomization.
-STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.yaml"}
-# Secrets the user creates (secret.example.yaml shows mlflow-db); optional ones need not exist.
-EXTERNAL_SECRETS = {"mlflow-db"}
+STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.yaml",
+              *SECRET_EXAMPLES.glob("*.example.yaml"), TRAINING / "prepare-demo-data.yaml"}
+# Secrets the user creates (the *.example.yaml files show them); optional ones need not exist.
+EXTERNAL_SECRETS = {"mlflow-db", "cvpipe-gcp", "cvpipe-aws", "cvpipe-mlflow"}
+# Claims a build mounts but another kustomization creates (in the same namespace; checked below).
+EXTERNAL_CLAIMS = {"kubeflow-local": {"cvpipe-models"}, "training/tfjob": {"cvpipe-data"},
+                   "training/indexed-job": {"cvpipe-data"}}
 MODEL_NAME = "cvpipe-classifier"
 SERVING_DEPLOYMENT = "tf-serving"
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
@@ -68,6 +99,15 @@ def manifest_files() -> list[Path]:
     """Every Kubernetes YAML file under infra/ (kustomizations and the compose file excluded)."""
     files = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
     return [p for p in files if p.name != "kustomization.yaml" and p != COMPOSE]
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    """Every pod template of a resource: one for workloads, one per replica type for a TFJob."""
+    if doc.get("kind") == "TFJob":
+        return [replica.get("template", {}).get("spec", {})
+                for replica in doc.get("spec", {}).get("tfReplicaSpecs", {}).values()]
+    spec = pod_spec(doc)
+    return [spec] if spec is not None else []
 
 
 def pod_spec(doc: dict) -> dict | None:
@@ -219,7 +259,7 @@ def build(directory: Path) -> list[dict]:
                 docs[matches[0]] = strategic_merge(docs[matches[0]], patch_doc)
     for image in k.get("images", []):
         for doc in docs:
-            for container in containers(pod_spec(doc) or {}):
+            for container in (c for spec in pod_specs(doc) for c in containers(spec)):
                 name = re.split(r"[@]|:(?=[^/]*$)", container["image"])[0]
                 if name == image["name"]:
                     new = image.get("newName", name)
@@ -264,7 +304,7 @@ def real_kustomize(directory: Path) -> list[dict] | None:
 
 @pytest.fixture(scope="module")
 def builds() -> dict[str, list[dict]]:
-    return {"base": build(BASE), **{name: build(path) for name, path in OVERLAYS.items()}, "mlflow": build(MLFLOW)}
+    return {name: build(path) for name, path in BUILD_DIRS.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,14 +325,38 @@ def image_problem(image: str) -> str | None:
     return None
 
 
+# Custom resources the kubernetes client has no models for: their fields, as the client would declare
+# them (JSON name -> type; type names are client models, these, or str/int/bool/dict(...)/list[...]).
+# TFJob: kubeflow.org/v1 of the Kubeflow Training Operator (pkg/apis/kubeflow.org/v1: TFJobSpec,
+# RunPolicy, SchedulingPolicy, ReplicaSpec); enumerated values are checked by tfjob_problems.
+CRD_MODELS = {
+    ("kubeflow.org/v1", "TFJob"): "KubeflowOrgV1TFJob",
+}
+CRD_TYPES = {
+    "KubeflowOrgV1TFJob": {"apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
+                           "spec": "KubeflowOrgV1TFJobSpec", "status": "object"},
+    "KubeflowOrgV1TFJobSpec": {"runPolicy": "KubeflowOrgV1RunPolicy", "successPolicy": "str",
+                               "tfReplicaSpecs": "dict(str, KubeflowOrgV1ReplicaSpec)", "enableDynamicWorker": "bool"},
+    "KubeflowOrgV1RunPolicy": {"cleanPodPolicy": "str", "ttlSecondsAfterFinished": "int",
+                               "activeDeadlineSeconds": "int", "backoffLimit": "int",
+                               "schedulingPolicy": "KubeflowOrgV1SchedulingPolicy", "suspend": "bool", "managedBy": "str"},
+    "KubeflowOrgV1SchedulingPolicy": {"minAvailable": "int", "queue": "str", "minResources": "dict(str, str)",
+                                      "priorityClass": "str", "scheduleTimeoutSeconds": "int"},
+    "KubeflowOrgV1ReplicaSpec": {"replicas": "int", "template": "V1PodTemplateSpec", "restartPolicy": "str"},
+}
+
+
 def k8s_schema_problems(doc: dict) -> list[str]:
-    """Fields of `doc` unknown to the Kubernetes API, or of the wrong type (client models)."""
+    """Fields of `doc` unknown to the Kubernetes API, or of the wrong type (client models; CRD_TYPES)."""
     import kubernetes.client as k8s
 
     api_version, kind = doc.get("apiVersion", ""), doc.get("kind", "")
-    model = getattr(k8s, api_version.rsplit("/", 1)[-1].capitalize() + kind, None)
-    if model is None:
-        return [f"{kind} {api_version}: not a Kubernetes API kind"]
+    model_name = CRD_MODELS.get((api_version, kind))
+    if model_name is None:
+        model = getattr(k8s, api_version.rsplit("/", 1)[-1].capitalize() + kind, None)
+        if model is None:
+            return [f"{kind} {api_version}: not a Kubernetes API kind"]
+        model_name = model.__name__
     problems: list[str] = []
 
     def walk(value, type_name: str, path: str, quantity: bool = False) -> None:
@@ -326,11 +390,14 @@ def k8s_schema_problems(doc: dict) -> list[str]:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 problems.append(f"{path}: expected a number, got {value!r}")
         else:
-            cls = getattr(k8s, type_name)
             if not isinstance(value, dict):
                 problems.append(f"{path}: expected a {type_name} map, got {value!r}")
                 return
-            fields = {json_name: cls.openapi_types[attr] for attr, json_name in cls.attribute_map.items()}
+            if type_name in CRD_TYPES:
+                fields = CRD_TYPES[type_name]
+            else:
+                cls = getattr(k8s, type_name)
+                fields = {json_name: cls.openapi_types[attr] for attr, json_name in cls.attribute_map.items()}
             for key, item in value.items():
                 if key == "$patch":  # strategic-merge directive in patch files
                     continue
@@ -339,7 +406,7 @@ def k8s_schema_problems(doc: dict) -> list[str]:
                 else:
                     walk(item, fields[key], f"{path}.{key}")
 
-    walk(doc, model.__name__, f"{kind}/{doc.get('metadata', {}).get('name')}")
+    walk(doc, model_name, f"{kind}/{doc.get('metadata', {}).get('name')}")
     return problems
 
 
@@ -440,14 +507,12 @@ def serving_problems(docs: list[dict], declared_models: set[str]) -> list[str]:
     return problems
 
 
-def mount_problems(docs: list[dict]) -> list[str]:
-    """Volume mounts without a volume; ConfigMaps, PVCs and Secrets referenced but not built."""
+def mount_problems(docs: list[dict], external_claims: set[str] = frozenset()) -> list[str]:
+    """Volume mounts without a volume; ConfigMaps, PVCs and Secrets referenced but not built (claims in
+    `external_claims` come from another kustomization)."""
     problems = []
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for doc in docs:
-        spec = pod_spec(doc)
-        if spec is None:
-            continue
+    for doc, spec in ((d, s) for d in docs for s in pod_specs(d)):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         claims = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
         for container in containers(spec):
@@ -469,7 +534,8 @@ def mount_problems(docs: list[dict]) -> list[str]:
                         and ("Secret", secret["secretName"]) not in names:
                     problems.append(f"{doc['metadata']['name']}: Secret {secret['secretName']} is not built")
             claim = volume.get("persistentVolumeClaim")
-            if claim and ("PersistentVolumeClaim", claim["claimName"]) not in names:
+            if claim and ("PersistentVolumeClaim", claim["claimName"]) not in names \
+                    and claim["claimName"] not in external_claims:
                 problems.append(f"{doc['metadata']['name']}: PVC {claim['claimName']} is not built")
     return problems
 
@@ -808,10 +874,11 @@ def all_images() -> list[tuple[str, str]]:
     images = []
     for path in manifest_files():
         for doc in load_docs(path):
-            images += [(str(path.relative_to(INFRA)), c["image"]) for c in containers(pod_spec(doc) or {}) if "image" in c]
-    for name, directory in [("base", BASE), *OVERLAYS.items(), ("mlflow", MLFLOW)]:
+            images += [(str(path.relative_to(INFRA)), c["image"])
+                       for spec in pod_specs(doc) for c in containers(spec) if "image" in c]
+    for name, directory in BUILD_DIRS.items():
         for doc in build(directory):
-            images += [(f"build {name}", c["image"]) for c in containers(pod_spec(doc) or {})]
+            images += [(f"build {name}", c["image"]) for spec in pod_specs(doc) for c in containers(spec)]
     images += [(f"compose {name}", s["image"]) for name, s in compose()["services"].items()]
     return images
 
@@ -896,7 +963,7 @@ def test_config_checkers_reject_broken_configs():
                                             "allowed_batch_sizes: 16 allowed_batch_sizes: 8"))
 
 
-@pytest.mark.parametrize("overlay", ["local", "gcs", "gpu"])
+@pytest.mark.parametrize("overlay", ["local", "gcs", "gpu", "nfs", "kubeflow-local"])
 def test_server_flags_point_at_mounted_configs(builds, overlay):
     docs = builds[overlay]
     container = serving_container(docs)
@@ -920,11 +987,11 @@ def test_server_flags_point_at_mounted_configs(builds, overlay):
 # Tests: serving deployment, service, probes, autoscaling
 
 
-@pytest.mark.parametrize("overlay", ["base", "local", "gcs", "gpu"])
+@pytest.mark.parametrize("overlay", ["base", "local", "gcs", "gpu", "nfs", "kubeflow-local"])
 def test_serving_ports_probes_and_scaling(builds, overlay):
     docs = builds[overlay]
     assert serving_problems(docs, declared_models(docs)) == []
-    assert mount_problems(docs) == []
+    assert mount_problems(docs, EXTERNAL_CLAIMS.get(overlay, set())) == []
 
 
 def test_serving_checker_rejects_broken_builds(builds):
@@ -1041,11 +1108,9 @@ def test_gpu_overlay_uses_the_gpu_build_of_the_same_release(builds):
 
 
 def test_serving_pods_run_as_non_root(builds):
-    for name in ("base", "local", "gcs", "gpu", "mlflow"):
-        for doc in builds[name]:
-            spec = pod_spec(doc)
-            if spec is None:
-                continue
+    assert set(builds) == set(BUILD_DIRS)
+    for name in builds:
+        for doc, spec in ((d, s) for d in builds[name] for s in pod_specs(d)):
             assert spec["securityContext"]["runAsNonRoot"] is True, (name, doc["metadata"]["name"])
             assert spec["securityContext"]["runAsUser"] > 0
             for c in containers(spec):
@@ -1258,3 +1323,486 @@ def test_no_credentials_in_infra():
     assert credential_problems("POSTGRES_PASSWORD: s3cretValue12345")
     assert credential_problems('{"type": "service_account", "private_key": "..."}')
     assert not credential_problems("POSTGRES_PASSWORD: REPLACE_ME_PLACEHOLDER_NOT_A_SECRET")
+
+
+# =============================================================================================
+# Kubeflow Pipelines: volumes, the model store shared with TF Serving, credentials
+
+KFP_NAMESPACE = "kubeflow"  # standalone KFP; full Kubeflow runs pipelines in profile namespaces
+MODEL_CLAIM, DATA_CLAIM = "cvpipe-models", "cvpipe-data"
+MODEL_MOUNT, DATA_MOUNT = "/models", "/data"
+# What the pipeline's --gcp-secret / --aws-secret / --mlflow-secret read (pipeline/definition.py).
+SECRET_KEYS = {"cvpipe-gcp": {"key.json"}, "cvpipe-aws": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+               "cvpipe-mlflow": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
+GCP_SECRET_MOUNT = "/var/secrets/google"
+MLFLOW_URI = "http://mlflow.cvpipe.svc.cluster.local:5000"
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity (e.g. 10Gi, 500M) in bytes."""
+    units = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()
+    return float(number) * units[unit]
+
+
+def claim_binding_problems(docs: list[dict]) -> list[str]:
+    """Statically bound claims: each PVC naming a volume finds it, reserved for it (claimRef), with the
+    same (empty) storage class, enough capacity and its access modes; each PV's claimRef has that claim."""
+    problems = []
+    volumes = {d["metadata"]["name"]: d for d in find(docs, "PersistentVolume")}
+    claims = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in find(docs, "PersistentVolumeClaim")}
+    for (namespace, name), claim in claims.items():
+        spec = claim["spec"]
+        if "volumeName" not in spec:
+            continue
+        volume = volumes.get(spec["volumeName"])
+        if volume is None:
+            problems.append(f"PVC {namespace}/{name}: volume {spec['volumeName']} is not built")
+            continue
+        ref = volume["spec"].get("claimRef", {})
+        if (ref.get("namespace"), ref.get("name")) != (namespace, name):
+            problems.append(f"PV {spec['volumeName']} is reserved for {ref.get('namespace')}/{ref.get('name')}, "
+                            f"not {namespace}/{name}")
+        if spec.get("storageClassName") != volume["spec"].get("storageClassName", ""):
+            problems.append(f"PVC {namespace}/{name}: storage class {spec.get('storageClassName')!r} is not the "
+                            f"PV's {volume['spec'].get('storageClassName', '')!r}")
+        if spec.get("storageClassName") is None:
+            problems.append(f"PVC {namespace}/{name}: no storageClassName: the default class would provision a new volume")
+        if quantity(volume["spec"]["capacity"]["storage"]) < quantity(spec["resources"]["requests"]["storage"]):
+            problems.append(f"PV {spec['volumeName']} is smaller than PVC {namespace}/{name} requests")
+        if set(spec["accessModes"]) - set(volume["spec"]["accessModes"]):
+            problems.append(f"PV {spec['volumeName']} lacks access modes {spec['accessModes']} of {namespace}/{name}")
+    for name, volume in volumes.items():
+        ref = volume["spec"].get("claimRef")
+        if not ref:
+            problems.append(f"PV {name} is reserved for no claim: any claim could take it")
+        elif claims.get((ref["namespace"], ref["name"]), {}).get("spec", {}).get("volumeName") != name:
+            problems.append(f"PV {name}: its claim {ref['namespace']}/{ref['name']} does not name it")
+        if volume["spec"].get("persistentVolumeReclaimPolicy") != "Retain":
+            problems.append(f"PV {name}: reclaim policy is not Retain (deleting the claim would delete the data)")
+    return problems
+
+
+def nfs_directory(docs: list[dict], namespace: str, claim: str) -> tuple[str, str]:
+    """(server, path) of the NFS volume bound to `namespace/claim`."""
+    pvc = one([d for d in docs if d["metadata"].get("namespace") == namespace], "PersistentVolumeClaim", claim)
+    nfs = one(docs, "PersistentVolume", pvc["spec"]["volumeName"])["spec"]["nfs"]
+    return nfs["server"], nfs["path"].rstrip("/")
+
+
+def serving_model_mount(docs: list[dict]) -> tuple[str, str, str]:
+    """(namespace, claim, mount path) of TF Serving's model store."""
+    deployment = one(docs, "Deployment", SERVING_DEPLOYMENT)
+    spec = pod_spec(deployment)
+    mount = next(m for m in serving_container(docs)["volumeMounts"] if m["name"] == "models")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    return deployment["metadata"]["namespace"], volume["persistentVolumeClaim"]["claimName"], mount["mountPath"]
+
+
+def test_kubeflow_claims_exist_in_the_pipeline_namespace(builds):
+    for name in ("kubeflow", "kubeflow/nfs", "kubeflow/local"):
+        claims = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in find(builds[name], "PersistentVolumeClaim")}
+        assert claims == {(KFP_NAMESPACE, DATA_CLAIM), (KFP_NAMESPACE, MODEL_CLAIM)}, name
+    namespaces = {d["metadata"].get("namespace") for d in find(builds["kubeflow/multi-user"], "PersistentVolumeClaim")}
+    assert namespaces == {"kubeflow-user-example-com"}
+    # No Namespace objects: KFP's installation (or the profile controller) owns those namespaces.
+    for name in BUILD_DIRS:
+        if name.startswith(("kubeflow", "training")):
+            assert not find(builds[name], "Namespace"), name
+            assert not find(builds[name], "Secret"), f"{name}: no Secret is applied from the repository"
+    # Steps run on any node (and the multi-worker pods share /data): ReadWriteMany, except on one node.
+    for name in ("kubeflow", "kubeflow/nfs", "kubeflow/multi-user", "kubeflow/gcs"):
+        for claim in find(builds[name], "PersistentVolumeClaim"):
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"], (name, claim["metadata"]["name"])
+
+
+@pytest.mark.parametrize("name", ["kubeflow/nfs", "kubeflow/multi-user", "nfs", "kubeflow", "kubeflow/local"])
+def test_static_volumes_are_bound_to_their_claims(builds, name):
+    assert claim_binding_problems(builds[name]) == []
+    if name != "nfs":
+        assert mount_problems(builds[name]) == []
+
+
+def test_claim_binding_checker_rejects_broken_bindings(builds):
+    docs = builds["kubeflow/nfs"]
+
+    def broken(change) -> list[str]:
+        copy_ = copy.deepcopy(docs)
+        change(copy_)
+        return claim_binding_problems(copy_)
+
+    def other_namespace(d):
+        one(d, "PersistentVolume", "cvpipe-models-kubeflow")["spec"]["claimRef"]["namespace"] = "cvpipe"
+
+    def default_class(d):
+        del one(d, "PersistentVolumeClaim", MODEL_CLAIM)["spec"]["storageClassName"]
+
+    def too_small(d):
+        one(d, "PersistentVolume", "cvpipe-data-kubeflow")["spec"]["capacity"]["storage"] = "1Gi"
+
+    def read_only(d):
+        one(d, "PersistentVolume", "cvpipe-data-kubeflow")["spec"]["accessModes"] = ["ReadOnlyMany"]
+
+    def unknown_volume(d):
+        one(d, "PersistentVolumeClaim", DATA_CLAIM)["spec"]["volumeName"] = "cvpipe-data-elsewhere"
+
+    def deleting(d):
+        one(d, "PersistentVolume", "cvpipe-data-kubeflow")["spec"]["persistentVolumeReclaimPolicy"] = "Delete"
+
+    expected = {other_namespace: "is reserved for cvpipe/cvpipe-models", default_class: "no storageClassName",
+                too_small: "is smaller than", read_only: "lacks access modes",
+                unknown_volume: "cvpipe-data-elsewhere is not built", deleting: "reclaim policy"}
+    for change, text in expected.items():
+        problems = broken(change)
+        assert any(text in p for p in problems), (change.__name__, problems)
+    assert quantity("10Gi") == 10 * 2**30 and quantity("500M") == 5e8 and quantity(2) == 2
+
+
+@pytest.mark.parametrize("kubeflow", ["kubeflow/nfs", "kubeflow/multi-user"])
+def test_deploy_step_and_tf_serving_share_one_nfs_directory(builds, kubeflow):
+    """The claims are namespaced; the bytes are not: both model volumes name the same NFS directory."""
+    namespace = one(builds[kubeflow], "PersistentVolumeClaim", MODEL_CLAIM)["metadata"]["namespace"]
+    serving_namespace, serving_claim, serving_mount = serving_model_mount(builds["nfs"])
+    assert serving_namespace == "cvpipe" != namespace and serving_claim == MODEL_CLAIM
+    assert nfs_directory(builds[kubeflow], namespace, MODEL_CLAIM) == nfs_directory(builds["nfs"], "cvpipe", MODEL_CLAIM)
+    # The deploy step mounts the claim where TF Serving does, so the base_path it writes into
+    # models.config (/models/<name>) is right inside the server too.
+    assert serving_mount == MODEL_MOUNT
+    assert container_flags(serving_container(builds["nfs"]))["model_config_file"] == f"{MODEL_MOUNT}/models.config"
+    # Data and models are different directories, neither inside the other.
+    data, models = (nfs_directory(builds[kubeflow], namespace, c)[1] for c in (DATA_CLAIM, MODEL_CLAIM))
+    assert not (data + "/").startswith(models + "/") and not (models + "/").startswith(data + "/")
+    # PersistentVolumes are cluster-wide: no two overlays may define the same one differently.
+    volumes = {}
+    for name in ("kubeflow/nfs", "kubeflow/multi-user", "nfs"):
+        for volume in find(builds[name], "PersistentVolume"):
+            assert volumes.setdefault(volume["metadata"]["name"], volume) == volume, volume["metadata"]["name"]
+
+
+def test_local_cluster_runs_serving_in_the_pipeline_namespace(builds):
+    namespace, claim, mount = serving_model_mount(builds["kubeflow-local"])
+    pvc = one(builds["kubeflow/local"], "PersistentVolumeClaim", claim)
+    assert namespace == pvc["metadata"]["namespace"] == KFP_NAMESPACE and mount == MODEL_MOUNT
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]  # one node: every pod there may mount it
+    assert not find(builds["kubeflow-local"], "PersistentVolumeClaim"), "the claim is created once, by kubeflow/local"
+    assert not find(builds["kubeflow-local"], "HorizontalPodAutoscaler")
+    assert one(builds["kubeflow-local"], "Deployment")["spec"]["replicas"] == 1
+
+
+def test_gcs_variant_keeps_models_off_volumes(builds):
+    assert not find(builds["gcs"], "PersistentVolumeClaim")
+    claims = find(builds["kubeflow/gcs"], "PersistentVolumeClaim")
+    assert [c["metadata"]["name"] for c in claims] == [DATA_CLAIM]
+    container = serving_container(builds["gcs"])
+    credentials = next(e["value"] for e in container["env"] if e["name"] == "GOOGLE_APPLICATION_CREDENTIALS")
+    assert credentials == f"{GCP_SECRET_MOUNT}/key.json"  # the same convention as the pipeline's --gcp-secret
+
+
+def test_external_claims_come_from_the_kubeflow_storage(builds):
+    """Builds that mount a claim they do not create find it in the KFP namespace's storage build."""
+    storage = {d["metadata"]["name"] for d in find(builds["kubeflow"], "PersistentVolumeClaim")}
+    for name, claims in EXTERNAL_CLAIMS.items():
+        assert claims <= storage, name
+        namespaces = {d["metadata"].get("namespace") for d in builds[name] if d["kind"] not in CLUSTER_SCOPED}
+        assert namespaces == {KFP_NAMESPACE}, name
+        used = {v["persistentVolumeClaim"]["claimName"] for d in builds[name] for s in pod_specs(d)
+                for v in s.get("volumes", []) if "persistentVolumeClaim" in v}
+        assert claims <= used, name
+    assert any("PVC cvpipe-data is not built" in p for p in mount_problems(builds["training/tfjob"]))
+
+
+def test_readme_pipeline_commands_match_the_manifests(builds):
+    readme = (INFRA / "README.md").read_text()
+    pvcs = dict(re.findall(r"--pvc ([a-z0-9-]+):(/[\w/-]+)", readme))
+    assert pvcs == {DATA_CLAIM: DATA_MOUNT, MODEL_CLAIM: MODEL_MOUNT}, pvcs
+    assert pvcs[MODEL_CLAIM] == serving_model_mount(builds["nfs"])[2]
+    assert f"--serving-base-path {MODEL_MOUNT}" in readme
+    for secret in SECRET_KEYS:
+        assert f"{secret}" in readme
+    # The tracking URI the README and the training pods use is the MLflow Service's address.
+    service = one(builds["mlflow"], "Service", "mlflow")
+    address = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:" \
+              f"{service['spec']['ports'][0]['port']}"
+    assert address == MLFLOW_URI and MLFLOW_URI in readme
+    for name in TRAINING_KUSTOMIZATIONS:
+        for spec in pod_specs(one(builds[f"training/{name}"], "TFJob" if name == "tfjob" else "Job")):
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            assert env["MLFLOW_TRACKING_URI"] == MLFLOW_URI
+
+
+def secret_examples() -> dict[str, tuple[Path, dict]]:
+    examples = {}
+    for path in sorted(SECRET_EXAMPLES.glob("*.example.yaml")):
+        doc = one(load_docs(path), "Secret")
+        examples[doc["metadata"]["name"]] = (path, doc)
+    return examples
+
+
+def test_secret_examples_have_the_keys_the_pipeline_reads(builds):
+    examples = secret_examples()
+    assert set(examples) == set(SECRET_KEYS)
+    for name, (path, doc) in examples.items():
+        assert "EXAMPLE ONLY" in path.read_text() and f"create secret generic {name}" in path.read_text()
+        assert set(doc["stringData"]) == SECRET_KEYS[name], name
+        assert doc["metadata"]["namespace"] == KFP_NAMESPACE
+        secrets = [k for k in doc["stringData"] if k != "MLFLOW_TRACKING_USERNAME"]
+        assert all("REPLACE_ME" in doc["stringData"][k] for k in secrets), name
+        for key in SECRET_KEYS[name] - {"key.json"}:
+            assert f"--from-literal={key}=" in path.read_text(), (name, key)
+    assert "--from-file=key.json=" in examples["cvpipe-gcp"][0].read_text()
+    # The training pods read the MLflow credentials by those keys, optionally.
+    for name in TRAINING_KUSTOMIZATIONS:
+        for doc in builds[f"training/{name}"]:
+            for spec in pod_specs(doc):
+                refs = [e["valueFrom"]["secretKeyRef"] for c in containers(spec) for e in c.get("env", [])
+                        if "secretKeyRef" in e.get("valueFrom", {})]
+                assert {(r["name"], r["key"]) for r in refs} == {("cvpipe-mlflow", k) for k in SECRET_KEYS["cvpipe-mlflow"]}
+                assert all(r["optional"] for r in refs)
+
+
+def test_secret_key_names_are_the_pipelines():
+    """The lead's pipeline (pipeline/definition.py) reads the same names, where it is importable."""
+    definition = pytest.importorskip("pipeline.definition")
+    assert definition.GCP_SECRET_MOUNT == GCP_SECRET_MOUNT
+    assert set(definition.AWS_SECRET_KEYS) == SECRET_KEYS["cvpipe-aws"]
+    assert set(definition.MLFLOW_SECRET_KEYS) == SECRET_KEYS["cvpipe-mlflow"]
+
+
+# =============================================================================================
+# Multi-worker training: TFJob and Indexed Job
+
+TFJOB_REPLICA_TYPES = {"Chief", "Master", "PS", "Worker", "Evaluator"}
+TFJOB_RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
+TFJOB_PORT = 2222  # the Training Operator's default; its port name is tfjob-port
+
+
+def tfjob_problems(doc: dict) -> list[str]:
+    """What the Training Operator would reject or ignore in a TFJob (beyond the field schema)."""
+    problems = []
+    spec = doc["spec"]
+    replicas = spec.get("tfReplicaSpecs", {})
+    if not replicas:
+        problems.append("no tfReplicaSpecs")
+    for replica_type, replica in replicas.items():
+        if replica_type not in TFJOB_REPLICA_TYPES:
+            problems.append(f"replica type {replica_type!r} is none of {sorted(TFJOB_REPLICA_TYPES)}")
+        if replica.get("restartPolicy", "Never") not in TFJOB_RESTART_POLICIES:
+            problems.append(f"{replica_type}: restartPolicy {replica.get('restartPolicy')!r}")
+        if replica.get("replicas", 1) < 1:
+            problems.append(f"{replica_type}: replicas {replica.get('replicas')}")
+        names = [c["name"] for c in replica["template"]["spec"]["containers"]]
+        # The operator sets TF_CONFIG (and the port) on the container named `tensorflow` only.
+        if "tensorflow" not in names:
+            problems.append(f"{replica_type}: no container named tensorflow (containers {names}): it would get no TF_CONFIG")
+        for container in replica["template"]["spec"]["containers"]:
+            ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+            if container["name"] == "tensorflow" and ports.get("tfjob-port", TFJOB_PORT) != TFJOB_PORT:
+                problems.append(f"{replica_type}: tfjob-port {ports['tfjob-port']} (TF_CONFIG says {TFJOB_PORT})")
+    if spec.get("runPolicy", {}).get("cleanPodPolicy", "None") not in ("All", "Running", "None"):
+        problems.append(f"cleanPodPolicy {spec['runPolicy']['cleanPodPolicy']!r}")
+    if spec.get("successPolicy", "") not in ("", "AllWorkers"):
+        problems.append(f"successPolicy {spec['successPolicy']!r}")
+    return problems
+
+
+def tfjob_tf_configs(doc: dict) -> list[dict]:
+    """The TF_CONFIG the Training Operator (v1, genTFConfigJSONStr) gives each replica of `doc`:
+    `<job>-<type>-<index>.<namespace>.svc:<port>` per replica, the task's lower-case type and index."""
+    name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]
+    cluster = {replica_type.lower(): [f"{name}-{replica_type.lower()}-{i}.{namespace}.svc:{TFJOB_PORT}"
+                                      for i in range(replica.get("replicas", 1))]
+               for replica_type, replica in doc["spec"]["tfReplicaSpecs"].items()}
+    return [{"cluster": copy.deepcopy(cluster), "task": {"type": task_type, "index": i}, "environment": "cloud"}
+            for task_type, hosts in cluster.items() for i in range(len(hosts))]
+
+
+def indexed_job_tf_configs(job: dict) -> list[dict]:
+    """Runs the Job's entrypoint script for every completion index, as the pod would, and returns the
+    TF_CONFIG it exports (the args replaced by a command that prints it)."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    configs = []
+    for index in range(job["spec"]["completions"]):
+        pod_env = {"PATH": "/usr/bin:/bin", **env, "NAMESPACE": job["metadata"]["namespace"],
+                   "JOB_COMPLETION_INDEX": str(index)}
+        result = subprocess.run([*container["command"], "sh", "-c", 'printf %s "$TF_CONFIG"'], env=pod_env,
+                                capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, result.stderr
+        configs.append(json.loads(result.stdout))
+    return configs
+
+
+def cluster_problems(configs: list[dict]) -> list[str]:
+    """What TensorFlow makes of each TF_CONFIG (TFConfigClusterResolver, components/train's
+    cluster_workers and is_chief): one cluster, every task in it once, exactly one chief."""
+    import os
+
+    from tensorflow.python.distribute.cluster_resolver.tfconfig_cluster_resolver import TFConfigClusterResolver
+
+    from components.train.distribute import cluster_workers, is_chief
+
+    problems, chiefs, tasks, clusters = [], [], set(), set()
+    saved = os.environ.get("TF_CONFIG")
+    try:
+        for config in configs:
+            os.environ["TF_CONFIG"] = json.dumps(config)
+            resolver = TFConfigClusterResolver()
+            cluster = resolver.cluster_spec().as_dict()
+            clusters.add(json.dumps(cluster, sort_keys=True))
+            task = (resolver.task_type, resolver.task_id)
+            if resolver.task_type not in cluster or not 0 <= resolver.task_id < len(cluster[resolver.task_type]):
+                problems.append(f"task {task} is not in the cluster {cluster}")
+            tasks.add(task)
+            if cluster_workers() != sum(len(hosts) for hosts in cluster.values()):
+                problems.append(f"components/train counts {cluster_workers()} workers in {cluster}")
+            if is_chief(types.SimpleNamespace(cluster_resolver=resolver)):
+                chiefs.append(task)
+    finally:
+        os.environ.pop("TF_CONFIG", None) if saved is None else os.environ.update(TF_CONFIG=saved)
+    if len(clusters) != 1:
+        problems.append(f"the workers disagree about the cluster: {sorted(clusters)}")
+    if len(tasks) != len(configs):
+        problems.append(f"two workers share a task: {sorted(tasks)}")
+    if len(clusters) == 1:
+        members = {(task_type, i) for task_type, hosts in json.loads(clusters.pop()).items() for i in range(len(hosts))}
+        if members - tasks:
+            problems.append(f"nobody runs {sorted(members - tasks)}: the others would wait for them forever")
+    if len(chiefs) != 1:
+        problems.append(f"{len(chiefs)} chiefs {chiefs}: exactly one worker must write the outputs")
+    if len(configs) < 2:
+        problems.append("fewer than two workers: nothing to distribute")
+    return problems
+
+
+def test_tfjob_is_a_valid_training_operator_job(builds):
+    tfjob = one(builds["training/tfjob"], "TFJob", "cvpipe-train")
+    assert tfjob["apiVersion"] == "kubeflow.org/v1"
+    assert tfjob_problems(tfjob) == [] and k8s_schema_problems(tfjob) == []
+    assert set(tfjob["spec"]["tfReplicaSpecs"]) == {"Worker"}  # no Chief: worker 0 is the chief
+    assert 2 <= tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] <= 3
+    assert mount_problems(builds["training/tfjob"], EXTERNAL_CLAIMS["training/tfjob"]) == []
+
+
+def test_tfjob_checkers_reject_broken_jobs(builds):
+    tfjob = one(builds["training/tfjob"], "TFJob")
+    renamed = copy.deepcopy(tfjob)
+    renamed["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["name"] = "train"
+    assert any("no container named tensorflow" in p for p in tfjob_problems(renamed))
+    lower = copy.deepcopy(tfjob)
+    lower["spec"]["tfReplicaSpecs"]["worker"] = lower["spec"]["tfReplicaSpecs"].pop("Worker")
+    assert any("replica type 'worker'" in p for p in tfjob_problems(lower))
+    policy = copy.deepcopy(tfjob)
+    policy["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] = "Sometimes"
+    assert any("restartPolicy 'Sometimes'" in p for p in tfjob_problems(policy))
+    typo = copy.deepcopy(tfjob)
+    typo["spec"]["tfReplicaSpec"] = typo["spec"].pop("tfReplicaSpecs")
+    assert any("spec.tfReplicaSpec: unknown field" in p for p in k8s_schema_problems(typo))
+    misplaced = copy.deepcopy(tfjob)
+    misplaced["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["replicas"] = 3
+    assert any("containers[0].replicas: unknown field" in p for p in k8s_schema_problems(misplaced))
+    number = copy.deepcopy(tfjob)
+    number["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] = "3"
+    assert any("replicas: expected an integer" in p for p in k8s_schema_problems(number))
+
+
+def test_tfjob_tf_config_is_one_cluster_with_one_chief(builds):
+    tfjob = one(builds["training/tfjob"], "TFJob")
+    configs = tfjob_tf_configs(tfjob)
+    assert len(configs) == tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]
+    assert configs[1]["cluster"]["worker"][0] == f"cvpipe-train-worker-0.{KFP_NAMESPACE}.svc:{TFJOB_PORT}"
+    assert cluster_problems(configs) == []
+
+
+def test_indexed_job_builds_the_tf_config_from_its_index(builds):
+    docs = builds["training/indexed-job"]
+    job = one(docs, "Job", "cvpipe-train-workers")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["WORKERS"]) == spec["completions"] and env["JOB_NAME"] == job["metadata"]["name"]
+    namespace_ref = next(e for e in container["env"] if e["name"] == "NAMESPACE")["valueFrom"]["fieldRef"]
+    assert namespace_ref["fieldPath"] == "metadata.namespace"
+    # Pod i is <job>-i (an Indexed Job's hostname) in the subdomain of the headless Service, which
+    # selects the pods, publishes them before they are ready, and forwards the TF_CONFIG port.
+    service = one(docs, "Service", pod["subdomain"])
+    assert env["SUBDOMAIN"] == pod["subdomain"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert port_number(container, service["spec"]["ports"][0]["targetPort"]) == int(env["PORT"])
+    configs = indexed_job_tf_configs(job)
+    hosts = [f"{job['metadata']['name']}-{i}.{pod['subdomain']}.{KFP_NAMESPACE}.svc:{env['PORT']}"
+             for i in range(spec["completions"])]
+    assert [c["cluster"] for c in configs] == [{"worker": hosts}] * spec["completions"]
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(spec["completions"])]
+    assert cluster_problems(configs) == []
+    assert pod["restartPolicy"] == "OnFailure"  # a restarted worker keeps its pod, name and address
+    assert mount_problems(docs, EXTERNAL_CLAIMS["training/indexed-job"]) == []
+
+
+def test_cluster_checker_rejects_broken_tf_configs(builds):
+    configs = tfjob_tf_configs(one(builds["training/tfjob"], "TFJob"))
+    two_chiefs = copy.deepcopy(configs)  # worker 0 was not told about the chief the others know
+    chief = copy.deepcopy(configs[1])
+    chief["task"] = {"type": "chief", "index": 0}
+    for config in [*two_chiefs[1:], chief]:
+        config["cluster"]["chief"] = ["cvpipe-train-chief-0:2222"]
+    assert any("2 chiefs" in p for p in cluster_problems([*two_chiefs, chief]))
+    assert any("nobody runs [('worker', 2)]" in p for p in cluster_problems(configs[:2]))
+    disagree = copy.deepcopy(configs)
+    disagree[2]["cluster"]["worker"] = disagree[2]["cluster"]["worker"][:2]
+    problems = cluster_problems(disagree)
+    assert any("disagree" in p for p in problems) and any("is not in the cluster" in p for p in problems)
+    duplicated = copy.deepcopy(configs)
+    duplicated[2]["task"]["index"] = 1
+    assert any("share a task" in p for p in cluster_problems(duplicated))
+    assert any("fewer than two" in p for p in cluster_problems(configs[:1]))
+
+
+@pytest.mark.parametrize("name", list(TRAINING_KUSTOMIZATIONS))
+def test_training_command_is_accepted_by_the_train_cli(builds, name, monkeypatch):
+    """The workers' command line, parsed and validated by components.train's own CLI (training itself
+    replaced): multi_worker strategy, input and output on the shared data claim."""
+    import components.train.run as train_run
+    from components.train.__main__ import main as train_main
+
+    docs = builds[f"training/{name}"]
+    spec = pod_specs(one(docs, "TFJob" if name == "tfjob" else "Job"))[0]
+    container = spec["containers"][0]
+    argv = container["args"] if name == "indexed-job" else [*container["command"], *container["args"]]
+    assert argv[:3] == ["python", "-m", "components.train"]
+    assert container["image"] == project_image()
+    calls = []
+
+    def fake_training(transform_dir, output, config, overwrite=False):
+        calls.append((transform_dir, output, config, overwrite))
+        return train_run.TrainResult(output, {}, chief=False)
+
+    monkeypatch.setattr(train_run, "run_training", fake_training)
+    assert train_main([*argv[3:], "--set", "tracking.enabled=false"]) == 0
+    (transform_dir, output, config, overwrite), = calls
+    assert config.train.distribute == "multi_worker" and not overwrite
+    data_mount = next(m["mountPath"] for m in container["volumeMounts"]
+                      if next(v for v in spec["volumes"] if v["name"] == m["name"])["persistentVolumeClaim"]["claimName"]
+                      == DATA_CLAIM)
+    assert data_mount == DATA_MOUNT
+    for path in (transform_dir, output):
+        assert path.startswith(DATA_MOUNT + "/"), f"{path} is not on the claim every worker shares"
+    # The demo preparation Job writes the transform output these workers read.
+    prepare = load_docs(TRAINING / "prepare-demo-data.yaml")[0]
+    script = " ".join(prepare["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert re.search(rf"components\.transform .*--output {re.escape(transform_dir)}\b", script)
+    assert prepare["metadata"]["namespace"] == KFP_NAMESPACE
+
+
+def project_image(variant: str = "") -> str:
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    return f"ghcr.io/cvpipe/cvpipe:{version}{variant}"
+
+
+def test_manifests_run_the_project_image_of_this_version(builds):
+    images = {image for where, image in all_images() if "cvpipe/cvpipe" in image}
+    assert images == {project_image()}
+    image = pytest.importorskip("pipeline.image")  # the lead's pipeline uses the same references
+    assert image.PROJECT_IMAGE == project_image() and image.GPU_IMAGE == project_image("-gpu")

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 
 from components.cli import add_config_arguments, config_from_args, configure_logging, run_stage
-from components.config import Config
-
-logger = logging.getLogger("components.evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,27 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     config = config_from_args(parser, args)
-    from components.evaluate.run import run_evaluate  # TensorFlow loads after the arguments are checked
+    from components.evaluate.run import registered_champion, run_evaluate  # TensorFlow loads after the arguments are checked
 
     def evaluate() -> str:
         with tempfile.TemporaryDirectory(prefix="cvpipe-champion-") as download:
             champion, name = args.champion, None
             if not champion and not args.no_champion and config.tracking.enabled:
-                champion = _registered_champion(config, download)
-                name = f"models:/{config.tracking.registered_model}@champion"
+                champion, name = registered_champion(config, download)
             return run_evaluate(args.model, args.data, args.output, config, champion=champion, champion_name=name,
                                 overwrite=args.overwrite).output
 
     return run_stage("evaluate", evaluate, config)
-
-
-def _registered_champion(config: Config, download: str) -> str | None:
-    """The MLflow registry's current champion, downloaded; None when there is none yet."""
-    from components import tracking
-
-    champion = tracking.champion_model_dir(config, download)
-    logger.info("Champion: %s", champion or f"none registered for {config.tracking.registered_model}")
-    return champion
 
 
 if __name__ == "__main__":

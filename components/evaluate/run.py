@@ -32,7 +32,7 @@ from components.dataset import read_split, split_files
 from components.evaluate import report
 from components.evaluate.blessing import bless
 from components.evaluate.metrics import classification_metrics, size_bucket, sliced_metrics
-from components.manifest import Manifest, read_json, read_manifest, write_json, write_manifest
+from components.manifest import Manifest, read_manifest, write_json, write_manifest
 from components.records import FEATURE_TYPES, LABELS_FILE
 from components.staging import staged_output
 
@@ -73,6 +73,17 @@ def saved_model_dir(path: str) -> str:
         raise FileNotFoundError(f"{path} holds no SavedModel (saved_model.pb) and no integer version directory; "
                                 f"pass an export output (python -m components.export)")
     return posixpath.join(path, str(max(versions)))
+
+
+def registered_champion(config: Config, download: str) -> tuple[str | None, str]:
+    """The MLflow registry's current champion downloaded into `download` (None when there is none
+    yet), and its name `models:/NAME@champion`."""
+    from components import tracking
+
+    champion = tracking.champion_model_dir(config, download)
+    name = f"models:/{config.tracking.registered_model}@{tracking.CHAMPION_ALIAS}"
+    logger.info("Champion: %s", champion or f"none registered for {config.tracking.registered_model}")
+    return champion, name
 
 
 def run_evaluate(model: str, data: str, output: str, config: Config, *, champion: str | None = None,

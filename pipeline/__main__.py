@@ -1,0 +1,186 @@
+"""CLI: python -m pipeline compile | run | submit | schedule | retrain (see --help of each)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from typing import Any, Iterator
+
+import yaml
+
+from components.cli import add_config_arguments, config_from_args, configure_logging
+from components.config import Config
+from pipeline.definition import PlatformOptions
+
+logger = logging.getLogger("pipeline")
+
+DEFAULT_PACKAGE = "cvpipe.yaml"
+DEFAULT_WORKDIR = "runs/local"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="The cvpipe Kubeflow pipeline: compile it, "
+                                     "run it here (kfp.local), submit or schedule it on a cluster, or retrain on a policy.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    compile_ = commands.add_parser("compile", help="write the KFP IR YAML")
+    compile_.add_argument("--output", default=DEFAULT_PACKAGE, help=f"IR YAML file (default {DEFAULT_PACKAGE})")
+    run = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
+    submit = commands.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
+    schedule = commands.add_parser("schedule", help="create a recurring run (scheduled retraining) on a cluster")
+    retrain = commands.add_parser("retrain", help="run the pipeline now if the retraining policy says so")
+    for command in (compile_, run, submit, schedule, retrain):
+        add_config_arguments(command)
+    for command in (compile_, submit, schedule, retrain):
+        _add_platform_arguments(command)
+    for command in (run, submit, schedule, retrain):
+        _add_run_arguments(command)
+    for command in (submit, schedule, retrain):
+        _add_cluster_arguments(command, required=command is not retrain)
+    run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="pipeline artifacts go to WORKDIR/kfp and the served "
+                     f"model to WORKDIR/serving unless --serving-base-path (default {DEFAULT_WORKDIR})")
+    run.add_argument("--no-cache", action="store_true", help="rerun ingest and transform even on unchanged data")
+    schedule.add_argument("--cron", required=True, help='when, in cron syntax, e.g. "0 3 * * *" (03:00 daily)')
+    schedule.add_argument("--name", default="cvpipe-retraining", help="the recurring run's name")
+    from pipeline.retrain import add_policy_arguments
+
+    add_policy_arguments(retrain)
+    retrain.add_argument("--dry-run", action="store_true", help="decide and explain, run nothing")
+    retrain.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where a local run writes (without --host)")
+
+    args = parser.parse_args(argv)
+    configure_logging()
+    config = config_from_args(parser, args)
+    try:
+        return _COMMANDS[args.command](args, config)
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.error("%s", e)
+        return 1
+
+
+def _compile(args: argparse.Namespace, config: Config) -> int:
+    from kfp import compiler
+
+    from pipeline.definition import build_pipeline
+
+    compiler.Compiler().compile(build_pipeline(config, _platform(args)), args.output)
+    logger.info("Wrote the pipeline's IR to %s", args.output)
+    return 0
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.local import run_local
+
+    arguments = _arguments(args, serving_default=os.path.join(args.workdir, "serving"))
+    summary = run_local(arguments, config, pipeline_root=os.path.join(args.workdir, "kfp"),
+                        log_file=os.path.join(args.workdir, "pipeline.log"), cache=not args.no_cache)
+    print(summary)  # noqa: T201 (the command's output)
+    return 0
+
+
+def _submit(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.cluster import submit
+
+    with _package(args, config) as package:
+        run_id = submit(package, _arguments(args), host=args.host, experiment=args.experiment,
+                        run_name=args.run_name, namespace=args.namespace, token=args.token)
+    print(run_id)  # noqa: T201
+    return 0
+
+
+def _schedule(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.cluster import schedule
+
+    with _package(args, config) as package:
+        recurring_id = schedule(package, _arguments(args), host=args.host, experiment=args.experiment,
+                                name=args.name, cron=args.cron, namespace=args.namespace, token=args.token)
+    print(recurring_id)  # noqa: T201
+    return 0
+
+
+def _retrain(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.retrain import evaluate_policy, policy_from_args
+
+    decision = evaluate_policy(policy_from_args(args), config, args.data)
+    print(decision)  # noqa: T201
+    if not decision.retrain or args.dry_run:
+        return 0
+    return _submit(args, config) if args.host else _run(argparse.Namespace(**vars(args), no_cache=False), config)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="images: class folders or a CSV of uri,label[,split] "
+                        "(any tf.io.gfile path, e.g. gs://)")
+    parser.add_argument("--model-name", help="served and registered model name")
+    parser.add_argument("--serving-base-path", help="TF Serving's model root: models.config and NAME/<version>")
+    parser.add_argument("--serving-address", help="a running TF Serving (host:grpc_port) for a safe label move")
+    parser.add_argument("--batch-input", help="what to score after deploy: images, a CSV or TFRecords, or "
+                        "split:test for this run's test split")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="any pipeline parameter, e.g. --param epochs=10 (repeatable; YAML values)")
+
+
+def _add_platform_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", help="the project image for every step (pinned tag or digest); default "
+                        "pipeline.image.PROJECT_IMAGE")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs for the train step (it then runs the GPU image)")
+    parser.add_argument("--gpu-image", help="the GPU image (default pipeline.image.GPU_IMAGE)")
+    parser.add_argument("--pvc", action="append", default=[], metavar="NAME:/MOUNT/PATH",
+                        help="mount a PersistentVolumeClaim on every step (repeatable)")
+    parser.add_argument("--gcp-secret", help="Secret with key.json: Google credentials for gs://")
+    parser.add_argument("--aws-secret", help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://")
+    parser.add_argument("--mlflow-secret", help="Secret with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--host", required=required, help="the KFP API, e.g. http://localhost:8080 (port-forward "
+                        "of ml-pipeline-ui)" + ("" if required else "; without it the run is local"))
+    parser.add_argument("--experiment", default="cvpipe", help="KFP experiment (default cvpipe)")
+    parser.add_argument("--run-name", help="the KFP run's name")
+    parser.add_argument("--namespace", help="the KFP namespace (multi-user Kubeflow: your profile's)")
+    parser.add_argument("--token", default=os.environ.get("KFP_TOKEN"), help="a bearer token (default $KFP_TOKEN)")
+
+
+def _platform(args: argparse.Namespace) -> PlatformOptions:
+    pvcs = {}
+    for item in args.pvc:
+        name, sep, mount_path = item.partition(":")
+        if not sep or not name or not mount_path.startswith("/"):
+            raise ValueError(f"--pvc {item!r}: expected NAME:/MOUNT/PATH")
+        pvcs[name] = mount_path
+    return PlatformOptions(image=args.image, gpus=args.gpus, gpu_image=args.gpu_image, pvcs=pvcs,
+                           gcp_secret=args.gcp_secret, aws_secret=args.aws_secret, mlflow_secret=args.mlflow_secret)
+
+
+def _arguments(args: argparse.Namespace, serving_default: str | None = None) -> dict[str, Any]:
+    """The run's pipeline arguments: the flags given, then --param NAME=VALUE."""
+    arguments: dict[str, Any] = {"data_source": args.data}
+    for flag in ("model_name", "serving_base_path", "serving_address", "batch_input"):
+        if getattr(args, flag) is not None:
+            arguments[flag] = getattr(args, flag)
+    if serving_default is not None:
+        arguments.setdefault("serving_base_path", os.path.abspath(serving_default))
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        arguments[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return arguments
+
+
+@contextlib.contextmanager
+def _package(args: argparse.Namespace, config: Config) -> Iterator[str]:
+    """The pipeline compiled into a temporary IR file, for the duration of a `with` block."""
+    with tempfile.TemporaryDirectory(prefix="cvpipe-pipeline-") as directory:
+        path = os.path.join(directory, DEFAULT_PACKAGE)
+        _compile(argparse.Namespace(**vars(args), output=path), config)
+        yield path
+
+
+_COMMANDS = {"compile": _compile, "run": _run, "submit": _submit, "schedule": _schedule, "retrain": _retrain}
+
+if __name__ == "__main__":
+    sys.exit(main())

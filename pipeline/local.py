@@ -1,0 +1,160 @@
+"""Runs the pipeline on this machine with kfp.local (the embedded default) and says where it all went.
+
+Every step runs as a subprocess of this Python (kfp.local.SubprocessRunner, no container, no
+virtualenv of its own), its artifacts under `pipeline_root`. kfp.local's cache is on: a rerun
+on the same data content and config reuses ingest and transform, as a cluster would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TextIO
+
+from components.config import Config
+from components.tracking import ModelVersionInfo
+from pipeline.definition import PlatformOptions, build_pipeline
+
+logger = logging.getLogger(__name__)
+
+# What a local run shows on the terminal: step starts and ends, cache hits, cvpipe's own log lines,
+# any logged error and exceptions. The rest (kfp.local's executor inputs and outputs, TensorFlow's
+# and the libraries' chatter) is in the log file.
+_PROGRESS = re.compile(r"Executing task|finished with status|cache hit|^\s*[\d-]+ [\d:,]+ (\w+ (components|pipeline)\."
+                       r"|ERROR )|Traceback|^\s*\w+(Error|Exception): ")
+# kfp.local's warnings that every step of a cluster pipeline triggers locally.
+_LOCAL_NOOP_WARNINGS = (r"Task .* have no effect in the current local runner", r"You may be attemping to run")
+
+
+class PipelineRunError(RuntimeError):
+    """A local pipeline run failed; the message names the step."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Where one pipeline run's results are."""
+
+    pipeline_root: str
+    tracking_uri: str
+    mlflow_run_id: str | None
+    outputs: dict[str, str] = field(default_factory=dict)  # stage -> output directory
+    blessing: dict[str, Any] | None = None
+    model_versions: list[ModelVersionInfo] = field(default_factory=list)
+    serving_base_path: str = ""
+    model_name: str = ""
+    served: dict[str, int] = field(default_factory=dict)  # label -> version
+    batch_summary: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        lines = [f"Pipeline run: artifacts under {self.pipeline_root}"]
+        if self.mlflow_run_id:
+            lines.append(f"MLflow run {self.mlflow_run_id} at {self.tracking_uri} (make mlflow-ui)")
+        for stage, output in self.outputs.items():
+            lines.append(f"  {stage:<14} {output}")
+        if self.blessing is not None:
+            verdict = "blessed" if self.blessing["blessed"] else "NOT blessed"
+            lines.append(f"Model {verdict}: {'; '.join(self.blessing['reasons'])}")
+        for version in self.model_versions:
+            lines.append(f"Registered {version.uri}{' (champion)' if version.champion else ''}")
+        if self.served:
+            labels = ", ".join(f"{label}={version}" for label, version in sorted(self.served.items()))
+            lines.append(f"Served: {self.model_name} in {self.serving_base_path} ({labels}); start it with make serve")
+        else:
+            lines.append(f"Served: nothing deployed in {self.serving_base_path or '(no serving base path)'}")
+        if self.batch_summary is not None:
+            s = self.batch_summary
+            lines.append(f"Batch predictions: {s['predictions']} predictions, {s['errors']} errors of {s['inputs']} "
+                         f"inputs in {self.outputs.get('batch_predict', '?')}")
+        return "\n".join(lines)
+
+
+class _ProgressFilter(io.TextIOBase):
+    """A text stream that keeps every line in `log` and shows the progress lines on `terminal`."""
+
+    def __init__(self, log: TextIO, terminal: TextIO):
+        self.log, self.terminal, self.pending = log, terminal, ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if _PROGRESS.search(line):
+                self.terminal.write(line.strip() + "\n")
+        self.terminal.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: str, log_file: str,
+              platform: PlatformOptions = PlatformOptions(), cache: bool = True) -> RunSummary:
+    """Runs the pipeline compiled with `config` on `arguments`, its whole output in `log_file` and its
+    progress on stderr; raises PipelineRunError when a step fails."""
+    from kfp import local
+
+    pipeline_root = os.path.abspath(pipeline_root)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True,
+               enable_caching=cache)
+    pipeline = build_pipeline(config, platform)
+    started_ms = int(time.time() * 1000)
+    logger.info("Running the pipeline with kfp.local: artifacts under %s, the whole log in %s", pipeline_root,
+                log_file)
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    with open(log_file, "w") as log, contextlib.redirect_stdout(_ProgressFilter(log, sys.stderr)), \
+            warnings.catch_warnings():
+        for message in _LOCAL_NOOP_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            pipeline(**arguments)
+        except RuntimeError as e:
+            raise PipelineRunError(f"the local pipeline run failed: {e}; the step's log is in {log_file}") from e
+    return summarize(config, arguments, pipeline_root=pipeline_root, since_ms=started_ms)
+
+
+def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: str, since_ms: int) -> RunSummary:
+    """What the newest pipeline run on `arguments["data_source"]` since `since_ms` produced, from MLflow's
+    records of it and the serving model base path."""
+    from components import tracking
+    from components.deploy import model_config
+    from components.manifest import read_json
+
+    settings = config.tracking
+    serving_base_path = arguments.get("serving_base_path", "")
+    model_name = arguments.get("model_name", settings.registered_model)
+    served = {}
+    if serving_base_path:
+        served = model_config.labels(
+            model_config.read_model_config(model_config.model_config_path(serving_base_path)), model_name)
+    summary = dict(pipeline_root=pipeline_root, tracking_uri=tracking.tracking_uri(settings), mlflow_run_id=None,
+                   serving_base_path=serving_base_path, model_name=model_name, served=served)
+    if not settings.enabled:
+        return RunSummary(**summary)
+    runs = [run for run in tracking.pipeline_runs(config, data_source=arguments["data_source"], max_results=5)
+            if run.info.start_time >= since_ms]
+    if not runs:
+        logger.warning("No MLflow pipeline run on %s since the run started", arguments["data_source"])
+        return RunSummary(**summary)
+    run_id = runs[0].info.run_id
+    outputs, register_run = {}, None
+    for child in tracking.child_runs(config, run_id):
+        stage = child.data.tags.get("cvpipe.stage")
+        if stage == "register":
+            register_run = child.info.run_id
+        elif stage and "cvpipe.output" in child.data.tags:
+            outputs[stage] = child.data.tags["cvpipe.output"]
+    blessing = read_json(f"{outputs['evaluate']}/blessing.json") if "evaluate" in outputs else None
+    batch = read_json(f"{outputs['batch_predict']}/summary.json") if "batch_predict" in outputs else None
+    versions = tracking.registered_versions(config, register_run) if register_run else []
+    order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
+    outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+    return RunSummary(**{**summary, "mlflow_run_id": run_id}, outputs=outputs, blessing=blessing,
+                      model_versions=versions, batch_summary=batch)
