@@ -28,36 +28,18 @@ SERVE = $(PY) -m serving.server --model_config_file=$(RUN_DIR)/serving/models.co
   --model_config_file_poll_wait_seconds=5 --allow_version_labels_for_unavailable_models \
   --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT)
 
-# The main job on the embedded defaults: demo images -> ingest -> transform -> train -> export ->
-# evaluate -> register -> deploy (if blessed), tracked as one MLflow run (runs/mlflow.db) with a
-# child run per stage; then one online prediction through the local TF Serving-compatible server.
+# The main job on the embedded defaults: the Kubeflow pipeline (pipeline/) on the demo images with
+# kfp.local: ingest -> transform -> train -> export -> evaluate -> register -> deploy (if blessed) to
+# $(RUN_DIR)/serving -> batch scoring of the test split, tracked in MLflow (runs/mlflow.db). Then one
+# online prediction through the local TF Serving-compatible server.
 run: install
 	@set -e; \
-	export CVPIPE_MLFLOW_PARENT_RUN_ID=$$($(PY) -m components.tracking start --run-name "make run"); \
-	trap '$(PY) -m components.tracking finish $$CVPIPE_MLFLOW_PARENT_RUN_ID --status FAILED' ERR; \
 	$(PY) -m components.demo_data --output $(RUN_DIR)/images; \
-	$(PY) -m components.ingest --input $(RUN_DIR)/images --output $(RUN_DIR)/ingest --overwrite; \
-	$(PY) -m components.transform --input $(RUN_DIR)/ingest --output $(RUN_DIR)/transform --overwrite; \
-	$(PY) -m components.train --transformed $(RUN_DIR)/transform --output $(RUN_DIR)/train --overwrite; \
-	$(PY) -m components.export --model $(RUN_DIR)/train --transform $(RUN_DIR)/transform \
-	  --output $(RUN_DIR)/models/$(MODEL_NAME); \
-	$(PY) -m components.evaluate --model $(RUN_DIR)/models/$(MODEL_NAME) --data $(RUN_DIR)/ingest \
-	  --output $(RUN_DIR)/evaluation --overwrite; \
-	$(PY) -m components.register --model $(RUN_DIR)/models/$(MODEL_NAME) --evaluation $(RUN_DIR)/evaluation; \
-	$(PY) -m components.deploy --model $(RUN_DIR)/models/$(MODEL_NAME) --evaluation $(RUN_DIR)/evaluation \
-	  --if-blessed --model-base-path $(RUN_DIR)/serving --name $(MODEL_NAME); \
-	$(PY) -m components.batch_predict --model $(RUN_DIR)/models/$(MODEL_NAME) --input $(RUN_DIR)/ingest \
-	  --split test --output $(RUN_DIR)/predictions --overwrite; \
-	$(PY) -m components.tracking finish $$CVPIPE_MLFLOW_PARENT_RUN_ID; \
-	trap - ERR; \
+	$(PY) -m pipeline run --data $(RUN_DIR)/images --workdir $(RUN_DIR) --model-name $(MODEL_NAME) \
+	  --batch-input split:test; \
 	$(SERVE) 2>$(RUN_DIR)/serving/server.log & server=$$!; trap "kill $$server" EXIT; \
 	$(PY) -m serving.client --port $(REST_PORT) --model $(MODEL_NAME) --label stable --wait 120 \
-	  $$(ls $(RUN_DIR)/images/star/* | head -1); \
-	echo "Done. Records: $(RUN_DIR)/ingest; transform graph: $(RUN_DIR)/transform; model and curves:" \
-	  "$(RUN_DIR)/train; SavedModel: $(RUN_DIR)/models/$(MODEL_NAME)/<version>; report:" \
-	  "$(RUN_DIR)/evaluation/evaluation.html; served: $(RUN_DIR)/serving (make serve); batch predictions" \
-	  "of the test images: $(RUN_DIR)/predictions;" \
-	  "MLflow: make mlflow-ui, then http://127.0.0.1:$(MLFLOW_PORT)"
+	  $$(ls $(RUN_DIR)/images/star/* | head -1)
 
 # The project's TF Serving-compatible server on what `make run` deployed (gRPC 8500, REST 8501).
 serve: install

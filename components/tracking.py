@@ -38,6 +38,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from components.config import Config, TrackingConfig
+from components.ingest.fingerprint import SourceFingerprint
 from components.manifest import MANIFEST_FILE, Manifest, code_version, read_json, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -85,16 +86,33 @@ def tracking_uri(settings: TrackingConfig) -> str:
     return uri
 
 
-def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Mapping[str, str] = {}) -> str:
-    """Creates the RUNNING parent run of one pipeline run, with the whole config as params; returns its id.
+def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Mapping[str, str] = {},
+                       run_id: str | None = None) -> str:
+    """Creates the RUNNING parent run of one pipeline run (or completes `run_id`, reserved by
+    `reserve_pipeline_run`), with the whole config as params; returns its id.
 
     Stage runs attach to it with `log_stage(..., parent_run_id=...)`; `finish_run` ends it.
     """
-    run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
-    _client(config.tracking).log_batch(run_id, params=_params(config.to_dict()))
+    client = _client(config.tracking)
+    if run_id:
+        for key, value in _tags(tags).items():
+            client.set_tag(run_id, key, value)
+        if run_name:
+            client.set_tag(run_id, "mlflow.runName", run_name)
+    else:
+        run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
+    client.log_batch(run_id, params=_params(config.to_dict()))
     logger.info("Started MLflow pipeline run %s in experiment %r at %s", run_id, config.tracking.experiment,
                 tracking_uri(config.tracking))
     return run_id
+
+
+def reserve_pipeline_run(config: Config, data: SourceFingerprint, *, tags: Mapping[str, str] = {}) -> str:
+    """A RUNNING pipeline run of `data` recorded before the pipeline starts (its start step completes
+    it with `start_pipeline_run(run_id=...)`), so that it counts as in progress at once."""
+    return start_run(config, run_name="pipeline (starting)", tags={
+        KIND_TAG: PIPELINE_KIND, DATA_SOURCE_TAG: source_tag(data.source), DATA_FINGERPRINT_TAG: data.sha256,
+        DATA_INPUTS_TAG: str(data.inputs), **tags})
 
 
 def pipeline_runs(config: Config, *, data_source: str | None = None, kfp_run_id: str | None = None,

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -71,21 +71,21 @@ def _compile(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] = {}) -> int:
     from pipeline.local import run_local
 
-    arguments = _arguments(args, serving_default=os.path.join(args.workdir, "serving"))
+    arguments = {**_arguments(args, serving_default=os.path.join(args.workdir, "serving")), **extra}
     summary = run_local(arguments, config, pipeline_root=os.path.join(args.workdir, "kfp"),
                         log_file=os.path.join(args.workdir, "pipeline.log"), cache=not args.no_cache)
     print(summary)  # noqa: T201 (the command's output)
     return 0
 
 
-def _submit(args: argparse.Namespace, config: Config) -> int:
+def _submit(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] = {}) -> int:
     from pipeline.cluster import submit
 
     with _package(args, config) as package:
-        run_id = submit(package, _arguments(args), host=args.host, experiment=args.experiment,
+        run_id = submit(package, {**_arguments(args), **extra}, host=args.host, experiment=args.experiment,
                         run_name=args.run_name, namespace=args.namespace, token=args.token)
     print(run_id)  # noqa: T201
     return 0
@@ -102,13 +102,21 @@ def _schedule(args: argparse.Namespace, config: Config) -> int:
 
 
 def _retrain(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.retrain import evaluate_policy, policy_from_args
+    from components import tracking
+    from pipeline.retrain import evaluate_policy, policy_from_args, reserve_run
 
     decision = evaluate_policy(policy_from_args(args), config, args.data)
     print(decision)  # noqa: T201
     if not decision.retrain or args.dry_run:
         return 0
-    return _submit(args, config) if args.host else _run(argparse.Namespace(**vars(args), no_cache=False), config)
+    reserved = {"mlflow_run_id": reserve_run(decision, config)}
+    try:
+        if args.host:
+            return _submit(args, config, reserved)
+        return _run(argparse.Namespace(**vars(args), no_cache=False), config, reserved)
+    except BaseException:  # the run did not start, or failed here: say so in MLflow
+        tracking.finish_run(reserved["mlflow_run_id"], config, status="FAILED")
+        raise
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -19,22 +20,43 @@ def kfp_cron(expression: str) -> str:
                      f"e.g. \"0 3 * * *\" for 03:00 every day")
 
 
+class ClusterError(RuntimeError):
+    """The KFP API refused a request or could not be reached; the message names the host."""
+
+
+@contextlib.contextmanager
+def _talking_to(host: str) -> Iterator[None]:
+    """Turns the KFP client's HTTP and API errors into a ClusterError naming `host`."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except (ApiException, urllib3.exceptions.HTTPError) as e:
+        raise ClusterError(f"Kubeflow Pipelines at {host}: {e} (check --host, the port-forward and --token)") from e
+
+
 def connect(host: str, *, namespace: str | None = None, token: str | None = None):
     """A kfp.Client for the KFP API at `host` (e.g. http://localhost:8080 through a port-forward).
 
     Without `token`, kfp finds credentials itself (in-cluster service account, kube config).
     """
+    import warnings
+
     import kfp
 
-    return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+    with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later": it does
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
 
 
 def submit(package: str, arguments: Mapping[str, Any], *, host: str, experiment: str, run_name: str | None = None,
            namespace: str | None = None, token: str | None = None) -> str:
     """Starts one run of the compiled `package` in `experiment`; returns the KFP run id."""
-    client = connect(host, namespace=namespace, token=token)
-    result = client.create_run_from_pipeline_package(package, arguments=dict(arguments), run_name=run_name,
-                                                     experiment_name=experiment, namespace=namespace)
+    with _talking_to(host):
+        client = connect(host, namespace=namespace, token=token)
+        result = client.create_run_from_pipeline_package(package, arguments=dict(arguments), run_name=run_name,
+                                                         experiment_name=experiment, namespace=namespace)
     logger.info("Submitted run %s to %s (experiment %s)", result.run_id, host, experiment)
     return result.run_id
 
@@ -42,9 +64,11 @@ def submit(package: str, arguments: Mapping[str, Any], *, host: str, experiment:
 def schedule(package: str, arguments: Mapping[str, Any], *, host: str, experiment: str, name: str, cron: str,
              namespace: str | None = None, token: str | None = None) -> str:
     """Creates a recurring run of `package` on `cron` (one at a time, no catch-up); returns its id."""
-    client = connect(host, namespace=namespace, token=token)
-    experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
-    recurring = client.create_recurring_run(experiment_id, name, cron_expression=kfp_cron(cron), max_concurrency=1,
-                                            no_catchup=True, params=dict(arguments), pipeline_package_path=package)
+    cron = kfp_cron(cron)
+    with _talking_to(host):
+        client = connect(host, namespace=namespace, token=token)
+        experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+        recurring = client.create_recurring_run(experiment_id, name, cron_expression=cron, max_concurrency=1,
+                                                no_catchup=True, params=dict(arguments), pipeline_package_path=package)
     logger.info("Scheduled %s on %s (cron %s) at %s", name, host, cron, recurring.recurring_run_id)
     return recurring.recurring_run_id

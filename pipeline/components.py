@@ -41,9 +41,10 @@ def configure(config: dict, image_size: int, model: str, epochs: int, batch_size
 
 
 @component
-def start_run(data_source: str, config: dict, kfp_run_id: str
+def start_run(data_source: str, config: dict, kfp_run_id: str, mlflow_run_id: str
               ) -> NamedTuple("Outputs", [("mlflow_run_id", str), ("data_fingerprint", str)]):
-    """Fingerprints the data's content and opens this pipeline run's MLflow parent run (tagged with both)."""
+    """Fingerprints the data's content and opens this pipeline run's MLflow parent run (tagged with both);
+    `mlflow_run_id` is a run reserved for it (by `python -m pipeline retrain`), or empty."""
     import collections
 
     from components import tracking
@@ -54,15 +55,18 @@ def start_run(data_source: str, config: dict, kfp_run_id: str
     source = fingerprint_source(data_source)
     run_id = ""
     if settings.tracking.enabled:
-        run_id = tracking.start_pipeline_run(settings, run_name=f"pipeline {kfp_run_id}", tags={
+        run_id = tracking.start_pipeline_run(settings, run_name=f"pipeline {kfp_run_id}", run_id=mlflow_run_id, tags={
             tracking.KFP_RUN_ID_TAG: kfp_run_id, tracking.DATA_SOURCE_TAG: tracking.source_tag(data_source),
             tracking.DATA_FINGERPRINT_TAG: source.sha256, tracking.DATA_INPUTS_TAG: str(source.inputs)})
     return collections.namedtuple("Outputs", ["mlflow_run_id", "data_fingerprint"])(run_id, source.sha256)
 
 
 @component
-def finish_run(kfp_run_id: str, config: dict, mlflow_tracking_uri: str, status: dsl.PipelineTaskFinalStatus):
-    """Ends the pipeline's MLflow run with the pipeline's final state (runs even when a step failed)."""
+def finish_run(kfp_run_id: str, mlflow_run_id: str, config: dict, mlflow_tracking_uri: str,
+               status: dsl.PipelineTaskFinalStatus):
+    """Ends the pipeline's MLflow run with the pipeline's final state (runs even when a step failed):
+    the run tagged with `kfp_run_id`, else the reserved `mlflow_run_id` (the run failed before it
+    was tagged)."""
     import logging
 
     from components import tracking
@@ -73,12 +77,13 @@ def finish_run(kfp_run_id: str, config: dict, mlflow_tracking_uri: str, status: 
     settings = resolve_config(config, {"mlflow_tracking_uri": mlflow_tracking_uri})
     if not settings.tracking.enabled:
         return
-    runs = tracking.pipeline_runs(settings, kfp_run_id=kfp_run_id, max_results=1)
-    if not runs:
+    runs = [run.info.run_id for run in tracking.pipeline_runs(settings, kfp_run_id=kfp_run_id, max_results=1)]
+    run_id = (runs or [mlflow_run_id])[0]
+    if not run_id:
         logging.getLogger("pipeline").warning("No MLflow run is tagged with KFP run %s: nothing to end", kfp_run_id)
         return
     state = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(status.state, "FAILED")
-    tracking.finish_run(runs[0].info.run_id, settings, status=state)
+    tracking.finish_run(run_id, settings, status=state)
 
 
 @component

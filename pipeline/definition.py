@@ -98,21 +98,23 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
         beam_runner: str = defaults["beam_runner"],
         beam_options: list = defaults["beam_options"],
         mlflow_tracking_uri: str = "",
+        mlflow_run_id: str = "",
         config: dict = compiled_config,
     ):
         """`data_source`: class folders or a CSV (any tf.io.gfile path); `serving_base_path`: TF Serving's
         model root; `serving_address`: a running server for a safe label move; `batch_input`: what to
-        score after deploy ("": nothing, `split:test`: this run's test split); the rest set `config`."""
+        score after deploy ("": nothing, `split:test`: this run's test split); `mlflow_run_id`: an MLflow
+        run reserved for this run (by `python -m pipeline retrain`); the rest set `config`."""
         settings = configure(steps.configure(
             config=config, image_size=image_size, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, min_accuracy=min_accuracy, min_class_recall=min_class_recall,
             max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner, beam_options=beam_options,
             mlflow_tracking_uri=mlflow_tracking_uri), "configure")
         resolved = settings.outputs["config"]
-        finish = configure(steps.finish_run(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, config=config,
-                                            mlflow_tracking_uri=mlflow_tracking_uri), "finish-run")
+        finish = configure(steps.finish_run(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, mlflow_run_id=mlflow_run_id,
+                                            config=config, mlflow_tracking_uri=mlflow_tracking_uri), "finish-run")
         with dsl.ExitHandler(finish, name="tracked-run"):
-            start = configure(steps.start_run(data_source=data_source, config=resolved,
+            start = configure(steps.start_run(data_source=data_source, config=resolved, mlflow_run_id=mlflow_run_id,
                                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start-run")
             run_id = start.outputs["mlflow_run_id"]
             ingest = configure(steps.ingest(data_source=data_source, data_fingerprint=start.outputs["data_fingerprint"],

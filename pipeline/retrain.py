@@ -27,6 +27,8 @@ What holds a triggered run back (idempotency):
   An older one is reported as abandoned and ignored.
 - The cool-down: the newest run of any status started less than `min_hours_between_runs` ago, so
   a failing pipeline is retried at most once per cool-down.
+The run a decision triggers is recorded before it is started (`reserve_run`), so a second call
+sees it at once, not only when the pipeline's first step runs.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Decision:
     triggers: tuple[str, ...]  # rules that call for a run
     holds: tuple[str, ...]  # what stops a run now (a run in progress, the cool-down)
     notes: tuple[str, ...]  # rules checked that do not call for a run, and what was ignored
+    data: SourceFingerprint  # the data source as it was when deciding
 
     @property
     def reasons(self) -> list[str]:
@@ -141,7 +144,7 @@ def decide(policy: RetrainPolicy, *, now: datetime, current: SourceFingerprint,
         notes.append(f"Rules switched off: {', '.join(off)}.")
     triggers = tuple(text for fires, text in findings if fires)
     notes = [text for fires, text in findings if not fires] + notes
-    return Decision(bool(triggers) and not holds, triggers, tuple(holds), tuple(notes))
+    return Decision(bool(triggers) and not holds, triggers, tuple(holds), tuple(notes), current)
 
 
 def _holds(policy: RetrainPolicy, now: datetime, history: Sequence[PipelineRunRecord]) -> tuple[list[str], list[str]]:
@@ -352,6 +355,15 @@ def evaluate_policy(policy: RetrainPolicy, config: Config, data_source: str, *,
             logger.warning("Live metric %s unavailable: %s", policy.live_metric, e)
     return decide(policy, now=now, current=current, history=history, champion_created=champion_created,
                   live_value=live_value, live_error=live_error)
+
+
+def reserve_run(decision: Decision, config: Config) -> str:
+    """Records the pipeline run `decision` triggers as RUNNING in MLflow, before it starts; the run's
+    start step adopts it (the pipeline parameter `mlflow_run_id`). Returns its id."""
+    from components import tracking
+
+    return tracking.reserve_pipeline_run(config, decision.data, tags={"cvpipe.trigger": "retrain",
+                                                                       "cvpipe.retrain_reasons": "; ".join(decision.triggers)})
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:

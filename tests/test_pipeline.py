@@ -1,0 +1,271 @@
+"""The Kubeflow pipeline: its compiled IR, and real local runs with kfp.local on a tiny dataset.
+
+The local runs are the real thing: every step is a subprocess running the stage code, artifacts
+pass between them on disk, MLflow records to the session's SQLite store, deploy writes a real
+TF Serving model base path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from components import tracking
+from components.deploy import model_config
+from components.ingest.fingerprint import fingerprint_source
+from conftest import make_config
+from image_files import write_colour_classes
+from pipeline.__main__ import main
+from pipeline.cluster import kfp_cron
+from pipeline.definition import CACHED_STEPS, RESOURCES
+from pipeline.image import GPU_IMAGE, PROJECT_IMAGE, check_pinned
+from pipeline.local import PipelineRunError, RunSummary, run_local
+
+SETTINGS = ("transform.image_size=32", "train.batch_size=16", "train.tensorboard_images=0", "export.tflite=[]",
+            "export.warmup_requests=1", "tracking.experiment=pipeline-test", "tracking.registered_model=pipeline-test")
+STAGES = ("ingest", "transform", "train", "export", "evaluate", "batch_predict")
+
+
+def compile_ir(tmp_path: Path, *flags: str) -> list[dict]:
+    package = tmp_path / "cvpipe.yaml"
+    assert main(["compile", "--output", str(package), *flags]) == 0
+    return list(yaml.safe_load_all(package.read_text()))
+
+
+def dag_tasks(ir: dict) -> dict[str, dict]:
+    """Every task of every DAG in the IR, by name."""
+    tasks = dict(ir["root"]["dag"]["tasks"])
+    for component in ir["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def guard(ir: dict, task: str) -> str:
+    """The condition of the dsl.If group directly around `task`."""
+    [group] = [name for name, component in ir["components"].items() if task in component.get("dag", {}).get("tasks", {})]
+    [condition] = [t["triggerPolicy"]["condition"] for t in dag_tasks(ir).values()
+                   if t.get("componentRef", {}).get("name") == group]
+    return condition
+
+
+def test_compiled_ir_has_the_stage_graph(tmp_path):
+    ir = compile_ir(tmp_path)[0]
+    tasks = dag_tasks(ir)
+    edges = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert {"ingest", "transform", "train", "export", "evaluate", "register", "deploy", "batch-predict",
+            "start-run", "finish-run", "configure"} <= set(tasks)
+    assert "start-run" in edges["ingest"]
+    assert "ingest" in edges["transform"]
+    assert "transform" in edges["train"]
+    assert {"train", "transform"} <= edges["export"]
+    assert {"export", "ingest"} <= edges["evaluate"]
+    assert {"evaluate", "export"} <= edges["register"]
+    # deploy only under the blessing; batch scoring after deploy, and only with an input
+    assert guard(ir, "deploy") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert guard(ir, "batch-predict") == "inputs.parameter_values['pipelinechannel--batch_input'] != ''"
+    assert edges[next(n for n, t in tasks.items() if t.get("triggerPolicy", {}).get("condition") ==
+                      guard(ir, "batch-predict"))] == {"deploy"}
+    # the MLflow run is ended by the exit handler, whatever happens
+    assert tasks["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_compiled_ir_pins_the_project_image_and_caches_only_content_keyed_steps(tmp_path):
+    ir = compile_ir(tmp_path)[0]
+    images = {spec["container"]["image"] for spec in ir["deploymentSpec"]["executors"].values()}
+    assert images == {PROJECT_IMAGE}
+    assert not PROJECT_IMAGE.endswith(":latest")
+    for name, task in dag_tasks(ir).items():
+        if "componentRef" in task and name.startswith(tuple(RESOURCES)) and not name.startswith("condition"):
+            cached = task.get("cachingOptions", {}).get("enableCache", False)
+            assert cached == (name in CACHED_STEPS), name
+    train = ir["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train["resourceCpuLimit"] == RESOURCES["train"].cpu and train["resourceMemoryLimit"] == RESOURCES["train"].memory
+    # ingest's cache key holds the data's content fingerprint, not only its path
+    ingest_inputs = dag_tasks(ir)["ingest"]["inputs"]["parameters"]
+    assert ingest_inputs["data_fingerprint"]["taskOutputParameter"] == {"outputParameterKey": "data_fingerprint",
+                                                                         "producerTask": "start-run"}
+
+
+def test_compiled_ir_loads_back_as_a_component_with_typed_parameters(tmp_path):
+    from kfp import components
+
+    compile_ir(tmp_path, "--set", "train.epochs=7")
+    loaded = components.load_component_from_file(str(tmp_path / "cvpipe.yaml"))
+    inputs = loaded.component_spec.inputs
+    assert inputs["epochs"].type == "Integer" and inputs["epochs"].default == 7
+    assert inputs["learning_rate"].type == "Float" and inputs["data_source"].type == "String"
+    assert inputs["config"].default["train"]["epochs"] == 7
+    assert not inputs["data_source"].optional
+
+
+def test_cluster_options_mount_volumes_and_secrets_and_give_training_a_gpu(tmp_path):
+    ir, platform = compile_ir(tmp_path, "--gpus", "1", "--pvc", "cvpipe-data:/data", "--pvc", "cvpipe-models:/models",
+                              "--gcp-secret", "cvpipe-gcp", "--aws-secret", "cvpipe-aws", "--image", "registry/cvpipe:2.0")
+    executors = ir["deploymentSpec"]["executors"]
+    assert executors["exec-train"]["container"]["image"] == GPU_IMAGE
+    assert executors["exec-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert executors["exec-ingest"]["container"]["image"] == "registry/cvpipe:2.0"
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(kubernetes) == set(executors)
+    ingest = kubernetes["exec-ingest"]
+    assert {(m["constant"], m["mountPath"]) for m in ingest["pvcMount"]} == {("cvpipe-data", "/data"),
+                                                                             ("cvpipe-models", "/models")}
+    assert ingest["secretAsVolume"][0]["secretName"] == "cvpipe-gcp"
+    assert {e["keyToEnv"][0]["envVar"] for e in ingest["secretAsEnv"]} <= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    env = {e["name"]: e["value"] for e in executors["exec-ingest"]["container"]["env"]}
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/google/key.json"
+
+
+@pytest.mark.parametrize("flags", [["--image", "registry/cvpipe:latest"], ["--image", "registry/cvpipe"],
+                                   ["--pvc", "no-mount-path"]])
+def test_compile_refuses_unpinned_images_and_bad_options(tmp_path, flags):
+    assert main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 1
+    assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("reference", ["repo/cvpipe:1.2.3", "localhost:5000/cvpipe:0.1",
+                                       "repo/cvpipe@sha256:" + "a" * 64, "repo/cvpipe:1@sha256:" + "b" * 64])
+def test_pinned_images_pass(reference):
+    assert check_pinned(reference) == reference
+
+
+@pytest.mark.parametrize("expression, expected", [("0 3 * * *", "0 0 3 * * *"), ("15 0 3 * * 1", "15 0 3 * * 1")])
+def test_cron_expressions_become_kfp_six_field_cron(expression, expected):
+    assert kfp_cron(expression) == expected
+
+
+def test_a_malformed_cron_expression_is_refused():
+    with pytest.raises(ValueError, match="5 fields"):
+        kfp_cron("every day")
+
+
+@dataclass(frozen=True)
+class LocalRuns:
+    root: Path
+    images: Path
+    serving: Path
+    blessed: RunSummary
+    unblessed: RunSummary
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory) -> LocalRuns:
+    """Two kfp.local runs on the same tiny data: a model that is blessed, then one that is not."""
+    root = tmp_path_factory.mktemp("pipeline")
+    images, serving = root / "images", root / "serving"
+    write_colour_classes(images, per_class=30)
+    arguments = {"data_source": str(images), "serving_base_path": str(serving), "model_name": "tiny",
+                 "batch_input": "split:test"}
+    permissive = make_config(*SETTINGS, "train.epochs=4", "evaluate.min_accuracy=0", "evaluate.min_class_recall=0")
+    blessed = run_local(arguments, permissive, pipeline_root=str(root / "kfp"), log_file=str(root / "blessed.log"))
+    # One epoch at a tiny learning rate cannot reach 100 % accuracy: not blessed.
+    strict = make_config(*SETTINGS, "train.epochs=1", "train.learning_rate=0.00001", "evaluate.min_accuracy=1")
+    unblessed = run_local(arguments, strict, pipeline_root=str(root / "kfp"), log_file=str(root / "unblessed.log"))
+    return LocalRuns(root, images, serving, blessed, unblessed)
+
+
+def test_a_blessed_run_passes_artifacts_through_every_stage_and_deploys(local_runs):
+    run = local_runs.blessed
+    assert run.blessing["blessed"], run.blessing
+    assert tuple(run.outputs) == STAGES
+    for stage, output in run.outputs.items():
+        assert Path(output, "manifest.json").is_file(), stage
+        assert output.startswith(str(local_runs.root / "kfp")), stage
+    assert run.served == {"stable": 1}
+    config = model_config.read_model_config(model_config.model_config_path(str(local_runs.serving)))
+    assert model_config.labels(config, "tiny") == {"stable": 1}
+    assert (local_runs.serving / "tiny" / "1" / "saved_model.pb").is_file()
+    batch = run.batch_summary
+    test_images = json.loads(Path(run.outputs["ingest"], "stats.json").read_text())["splits"]["test"]["images"]
+    assert batch["predictions"] + batch["errors"] == batch["inputs"] == test_images
+    assert [v.champion for v in run.model_versions] == [True]
+
+
+def test_the_run_is_one_mlflow_parent_run_with_the_kfp_run_id_and_a_child_per_stage(local_runs):
+    config = make_config(*SETTINGS)
+    run = local_runs.blessed
+    parent = mlflow.MlflowClient(tracking.tracking_uri(config.tracking)).get_run(run.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags[tracking.KFP_RUN_ID_TAG]
+    assert tags[tracking.DATA_FINGERPRINT_TAG] == fingerprint_source(str(local_runs.images)).sha256
+    assert tags[tracking.DATA_INPUTS_TAG] == "90"
+    assert parent.data.params["train.epochs"] == "4"
+    stages = {child.data.tags.get("cvpipe.stage") for child in tracking.child_runs(config, run.mlflow_run_id)}
+    assert stages == {*STAGES, "register"}
+
+
+def test_typed_artifacts_carry_the_evaluation_for_the_kfp_ui(local_runs):
+    evaluate_dir = Path(local_runs.blessed.outputs["evaluate"]).parent
+    executor_output = json.loads((evaluate_dir / "executor_output.json").read_text())
+    artifacts = {name: value["artifacts"][0] for name, value in executor_output["artifacts"].items()}
+    matrix = artifacts["confusion_matrix"]["metadata"]["confusionMatrix"]
+    assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["blue", "green", "red"]
+    assert "test_accuracy" in artifacts["metrics"]["metadata"]
+    assert (evaluate_dir / "report").read_text().startswith("<!DOCTYPE html>")
+    assert executor_output["parameterValues"]["Output"] is True
+
+
+def test_an_unblessed_model_stops_before_deploy(local_runs):
+    run = local_runs.unblessed
+    assert not run.blessing["blessed"]
+    assert "batch_predict" not in run.outputs
+    assert run.served == {"stable": 1}, "the blessed version stays served"
+    assert sorted(p.name for p in (local_runs.serving / "tiny").iterdir() if p.name.isdigit()) == ["1"]
+    assert [v.champion for v in run.model_versions] == [False], "registered, but not the champion"
+
+
+def test_unchanged_data_and_config_reuse_ingest_and_transform_from_the_cache(local_runs):
+    first, second = local_runs.blessed.outputs, local_runs.unblessed.outputs
+    assert second["ingest"] == first["ingest"] and second["transform"] == first["transform"]
+    assert second["train"] != first["train"], "training is never cached"
+
+
+def test_a_failing_step_fails_the_run_and_its_mlflow_run(tmp_path):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "images" / "cat" / "notes.jpg").write_text("not an image")
+    config = make_config(*SETTINGS)
+    with pytest.raises(PipelineRunError, match="ingest"):
+        run_local({"data_source": str(tmp_path / "images"), "serving_base_path": str(tmp_path / "serving")}, config,
+                  pipeline_root=str(tmp_path / "kfp"), log_file=str(tmp_path / "run.log"))
+    [parent] = tracking.pipeline_runs(config, data_source=str(tmp_path / "images"))
+    assert parent.info.status == "FAILED"
+    assert "no image was accepted" in (tmp_path / "run.log").read_text()
+
+
+# The retrain tests add images to the shared tiny dataset: they come last.
+def retrain(local_runs: LocalRuns, *flags: str) -> int:
+    return main(["retrain", "--data", str(local_runs.images), "--min-hours-between-runs", "0",
+                 *(f"--set={setting}" for setting in SETTINGS), *flags])
+
+
+def test_retrain_does_nothing_on_unchanged_data_then_triggers_on_new_images(local_runs, capsys, tmp_path):
+    assert retrain(local_runs, "--dry-run") == 0
+    assert "Retrain now: no, nothing calls for it." in capsys.readouterr().out
+    write_colour_classes(tmp_path, per_class=4, seed=1)
+    for path in tmp_path.rglob("*.*"):
+        target = local_runs.images / path.parent.name / f"new_{path.name}"
+        target.write_bytes(path.read_bytes())
+    assert retrain(local_runs, "--dry-run") == 0
+    decision = capsys.readouterr().out
+    assert decision.startswith("Retrain now: yes.")
+    assert "12 new inputs" in decision and "90 -> 102" in decision
+
+
+def test_a_triggered_retrain_is_recorded_before_it_starts(local_runs, capsys):
+    config = make_config(*SETTINGS)
+    # No KFP API listens on port 9: the submission fails, and the reserved run says so.
+    assert retrain(local_runs, "--host", "http://127.0.0.1:9") == 1
+    assert capsys.readouterr().out.startswith("Retrain now: yes.")
+    newest = tracking.pipeline_runs(config, data_source=str(local_runs.images), max_results=1)[0]
+    assert newest.data.tags["cvpipe.trigger"] == "retrain" and newest.info.status == "FAILED"
+    assert newest.data.tags[tracking.DATA_INPUTS_TAG] == "102"
+    # within the cool-down, the next call holds
+    assert main(["retrain", "--data", str(local_runs.images), "--dry-run",
+                 *(f"--set={setting}" for setting in SETTINGS)]) == 0
+    assert capsys.readouterr().out.startswith("Retrain now: no, on hold.")
