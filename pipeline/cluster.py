@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from typing import Any, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
@@ -26,12 +27,14 @@ class ClusterError(RuntimeError):
 
 @contextlib.contextmanager
 def _talking_to(host: str) -> Iterator[None]:
-    """Turns the KFP client's HTTP and API errors into a ClusterError naming `host`."""
+    """Turns the KFP client's HTTP and API errors into a ClusterError naming `host`; what the client
+    prints (links to the KFP UI) goes to stderr, keeping stdout for the command's result."""
     import urllib3
     from kfp_server_api.exceptions import ApiException
 
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except (ApiException, urllib3.exceptions.HTTPError) as e:
         raise ClusterError(f"Kubeflow Pipelines at {host}: {e} (check --host, the port-forward and --token)") from e
 

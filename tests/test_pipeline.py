@@ -8,7 +8,9 @@ TF Serving model base path.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
@@ -269,3 +271,76 @@ def test_a_triggered_retrain_is_recorded_before_it_starts(local_runs, capsys):
     assert main(["retrain", "--data", str(local_runs.images), "--dry-run",
                  *(f"--set={setting}" for setting in SETTINGS)]) == 0
     assert capsys.readouterr().out.startswith("Retrain now: no, on hold.")
+
+
+class KfpApiStandIn(BaseHTTPRequestHandler):
+    """Answers the KFP v2beta1 REST calls kfp.Client makes to submit and schedule, and records them.
+    It checks what cvpipe sends; the real API server's behaviour is not in question here."""
+
+    requests: list[tuple[str, str, dict]] = []
+
+    def do_GET(self):
+        self.requests.append(("GET", self.path, {}))
+        self._reply({"tag_name": "2.5.0", "multi_user": False} if "healthz" in self.path else {})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        ids = {"experiments": {"experiment_id": "exp-1"}, "runs": {"run_id": "run-1", "experiment_id": "exp-1"},
+               "recurringruns": {"recurring_run_id": "recurring-1"}}
+        self._reply({**body, **ids[self.path.split("?")[0].rsplit("/", 1)[-1]]})
+
+    def _reply(self, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    KfpApiStandIn.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KfpApiStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", KfpApiStandIn.requests
+    server.shutdown()
+
+
+def posted(requests: list, resource: str) -> dict:
+    [body] = [body for method, path, body in requests if method == "POST" and path.endswith(f"/v2beta1/{resource}")]
+    return body
+
+
+def test_submit_sends_the_compiled_pipeline_and_typed_arguments(kfp_api, capsys):
+    host, requests = kfp_api
+    assert main(["submit", "--host", host, "--data", "/data/images", "--param", "epochs=3", "--serving-base-path",
+                 "/models", "--pvc", "cvpipe-data:/data", "--experiment", "nightly", "--run-name", "try"]) == 0
+    assert capsys.readouterr().out.strip() == "run-1"
+    assert posted(requests, "experiments")["display_name"] == "nightly"
+    run = posted(requests, "runs")
+    assert run["display_name"] == "try" and run["experiment_id"] == "exp-1"
+    assert run["runtime_config"]["parameters"] == {"data_source": "/data/images", "epochs": 3,
+                                                   "serving_base_path": "/models"}
+    spec = run["pipeline_spec"]
+    assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "cvpipe"
+    assert "exec-ingest" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(kfp_api, capsys):
+    host, requests = kfp_api
+    assert main(["schedule", "--host", host, "--cron", "0 3 * * *", "--data", "gs://bucket/images"]) == 0
+    assert capsys.readouterr().out.strip() == "recurring-1"
+    recurring = posted(requests, "recurringruns")
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    assert recurring["max_concurrency"] == 1 and recurring["no_catchup"] is True and recurring["mode"] == "ENABLE"
+    assert recurring["runtime_config"]["parameters"] == {"data_source": "gs://bucket/images"}
+
+
+def test_an_unreachable_kfp_api_is_a_clear_error(caplog):
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--data", "/data/images"]) == 1
+    assert "Kubeflow Pipelines at http://127.0.0.1:9" in caplog.text
