@@ -66,11 +66,13 @@ KUBEFLOW = INFRA / "kubeflow"
 KUBEFLOW_OVERLAYS = {name: KUBEFLOW / "overlays" / name for name in ("nfs", "multi-user", "gcs", "local")}
 TRAINING = INFRA / "training"
 TRAINING_KUSTOMIZATIONS = {name: TRAINING / name for name in ("tfjob", "indexed-job")}
+RETRAIN = KUBEFLOW / "retrain"
 SECRET_EXAMPLES = KUBEFLOW / "secrets"
 # Every kustomization, by the name the `builds` fixture gives its output.
 BUILD_DIRS = {"base": BASE, **OVERLAYS, "mlflow": MLFLOW, "kubeflow": KUBEFLOW / "base",
               **{f"kubeflow/{name}": path for name, path in KUBEFLOW_OVERLAYS.items()},
-              **{f"training/{name}": path for name, path in TRAINING_KUSTOMIZATIONS.items()}}
+              **{f"training/{name}": path for name, path in TRAINING_KUSTOMIZATIONS.items()},
+              "kubeflow/retrain": RETRAIN}
 KUSTOMIZATIONS = list(BUILD_DIRS.values())
 # Manifests applied on their own, not through a kustomization.
 STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.yaml",
@@ -79,7 +81,7 @@ STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.
 EXTERNAL_SECRETS = {"mlflow-db", "cvpipe-gcp", "cvpipe-aws", "cvpipe-mlflow"}
 # Claims a build mounts but another kustomization creates (in the same namespace; checked below).
 EXTERNAL_CLAIMS = {"kubeflow-local": {"cvpipe-models"}, "training/tfjob": {"cvpipe-data"},
-                   "training/indexed-job": {"cvpipe-data"}}
+                   "training/indexed-job": {"cvpipe-data"}, "kubeflow/retrain": {"cvpipe-data"}}
 MODEL_NAME = "cvpipe-classifier"
 SERVING_DEPLOYMENT = "tf-serving"
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
@@ -2209,3 +2211,23 @@ def test_containers_readme_documents_the_build():
                     f"docker push {project_image()}", "bash containers/lock-gpu.sh"):
         assert command in readme, command
     assert "@sha256:" in readme
+
+
+def test_the_retrain_cronjob_runs_a_valid_retrain_command(monkeypatch):
+    """Its arguments go through the real `python -m pipeline` parser; the command itself is captured."""
+    import pipeline.__main__ as pipeline_cli
+
+    [cronjob] = load_docs(RETRAIN / "cronjob.yaml")
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    [container] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "pipeline", "retrain"]
+    captured = {}
+    monkeypatch.setitem(pipeline_cli._COMMANDS, "retrain", lambda args, config: captured.setdefault("args", args) and 0)
+    assert pipeline_cli.main(["retrain", *container["args"]]) == 0
+    args = captured["args"]
+    assert args.host.startswith("http://ml-pipeline.kubeflow.svc") and not args.dry_run
+    assert args.pvc == ["cvpipe-data:/data", "cvpipe-models:/models"]
+    assert args.data.startswith("/data/")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert f"--param=mlflow_tracking_uri={env['MLFLOW_TRACKING_URI']}" in container["args"]
