@@ -119,6 +119,10 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         "beam RunInference, DirectRunner multi_processing x2": lambda: _beam(model_dir, glob, []),
         "beam RunInference, DirectRunner multi_processing x2, share_model": lambda: _beam(
             model_dir, glob, ["batch_predict.share_model=true"]),
+        # Worker threads in this process: no worker start-up, one shared model; TensorFlow runs the
+        # in-graph decoding and the model outside the GIL.
+        "beam RunInference, DirectRunner multi_threading x2, share_model": lambda: _beam(
+            model_dir, glob, ["beam.direct_running_mode=multi_threading", "batch_predict.share_model=true"]),
     }
     try:
         server = _Server(model_dir)
