@@ -25,21 +25,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from components.config import Config, TrackingConfig
-from components.ingest.fingerprint import SourceFingerprint
 from components.manifest import MANIFEST_FILE, Manifest, code_version, read_json, read_manifest
+
+if TYPE_CHECKING:
+    from components.ingest.fingerprint import SourceFingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,8 @@ def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Map
     """
     client = _client(config.tracking)
     if run_id:
-        for key, value in _tags(tags).items():
-            client.set_tag(run_id, key, value)
-        if run_name:
-            client.set_tag(run_id, "mlflow.runName", run_name)
+        adopted = {**tags, "cvpipe.code_version": code_version(), **({"mlflow.runName": run_name} if run_name else {})}
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in _tags(adopted).items()])
     else:
         run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
     client.log_batch(run_id, params=_params(config.to_dict()))
@@ -146,14 +146,15 @@ def child_runs(config: Config, parent_run_id: str) -> list[mlflow.entities.Run]:
     """The stage (child) runs of a pipeline run, oldest first."""
     client = _client(config.tracking)
     return list(client.search_runs([_experiment_id(client, config.tracking)],
-                                   f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order_by=["attributes.start_time ASC"]))
+                                   f"tags.`mlflow.parentRunId` = {_quoted(parent_run_id)}",
+                                   order_by=["attributes.start_time ASC"]))
 
 
 def registered_versions(config: Config, run_id: str) -> list[ModelVersionInfo]:
     """The versions of `tracking.registered_model` that run `run_id` registered."""
     settings = config.tracking
     client = _client(settings)
-    found = client.search_model_versions(f"name = '{settings.registered_model}' and run_id = '{run_id}'")
+    found = client.search_model_versions(f"name = {_quoted(settings.registered_model)} and run_id = {_quoted(run_id)}")
     champion = client.get_registered_model(settings.registered_model).aliases.get(CHAMPION_ALIAS) if found else None
     return [ModelVersionInfo(v.name, int(v.version), f"models:/{v.name}/{v.version}", str(v.version) == str(champion))
             for v in found]
@@ -170,15 +171,21 @@ def start_run(config: Config, *, run_name: str | None = None, tags: Mapping[str,
                              tags=_tags(tags)).info.run_id
 
 
-def finish_run(run_id: str, config: Config, *, status: str = "FINISHED") -> None:
-    """Ends a run with `status` (FINISHED, FAILED or KILLED)."""
-    _client(config.tracking).set_terminated(run_id, status)
+def finish_run(run_id: str, config: Config, *, status: str = "FINISHED", if_running: bool = False) -> None:
+    """Ends a run with `status` (FINISHED, FAILED or KILLED); with `if_running`, only a run not ended yet."""
+    client = _client(config.tracking)
+    if if_running and client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        return
+    client.set_terminated(run_id, status)
     logger.info("Ended MLflow run %s: %s", run_id, status)
 
 
-def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | None = None) -> str:
+def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | None = None,
+              location: str | None = None) -> str:
     """Logs a finished stage output as a run named after the stage (a child of `parent_run_id` when
-    given): params from its manifest's config, metrics and artifacts from its files. Returns the run id."""
+    given): params from its manifest's config, metrics and artifacts from its files. `location` is
+    where the output lives for good when `output` is a local copy (a pipeline step's artifact URI).
+    Returns the run id."""
     if stage not in _STAGE_METRICS:
         raise ValueError(f"cannot track stage {stage!r}: known stages are {sorted(_STAGE_METRICS)}")
     output = output.rstrip("/")
@@ -188,7 +195,7 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
         "cvpipe.stage": stage,
         "cvpipe.code_version": manifest.code_version,
         "cvpipe.fingerprint": manifest.fingerprint,
-        "cvpipe.output": output,
+        "cvpipe.output": location or output,
     }
     dataset = _dataset_fingerprint(manifest)
     if dataset:
@@ -299,9 +306,9 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
     return info
 
 
-def champion_model_dir(config: Config, destination: str) -> str | None:
-    """Downloads the champion's model to `destination` and returns its SavedModel directory; None when
-    the registered model or its champion alias does not exist."""
+def champion_version(config: Config) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The registered model's version holding the `champion` alias; None when the model or the alias
+    does not exist."""
     settings = config.tracking
     client = _client(settings)
     # The registered model's aliases, not get_model_version_by_alias: a missing alias is an
@@ -315,13 +322,22 @@ def champion_model_dir(config: Config, destination: str) -> str | None:
     if version is None:
         logger.info("No %s of %r at %s", CHAMPION_ALIAS, settings.registered_model, client.tracking_uri)
         return None
+    return client.get_model_version(settings.registered_model, str(version))
+
+
+def champion_model_dir(config: Config, destination: str) -> str | None:
+    """Downloads the champion's model to `destination` and returns its SavedModel directory; None when
+    the registered model or its champion alias does not exist."""
+    champion = champion_version(config)
+    if champion is None:
+        return None
+    client = _client(config.tracking)
     # Not models:/NAME/VERSION: mlflow resolves those through its global registry URI, not this client's.
-    location = client.get_model_version_download_uri(settings.registered_model, version)
+    location = client.get_model_version_download_uri(champion.name, champion.version)
     model_dir = mlflow.artifacts.download_artifacts(location, dst_path=destination, tracking_uri=client.tracking_uri)
     artifact = Model.load(model_dir).flavors["python_function"]["artifacts"][SAVED_MODEL_ARTIFACT]
     saved_model = os.path.join(model_dir, artifact["path"])
-    logger.info("Downloaded %s version %s (%s) to %s", settings.registered_model, version, CHAMPION_ALIAS,
-                saved_model)
+    logger.info("Downloaded %s version %s (%s) to %s", champion.name, champion.version, CHAMPION_ALIAS, saved_model)
     return saved_model
 
 

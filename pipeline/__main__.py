@@ -23,8 +23,9 @@ DEFAULT_WORKDIR = "runs/local"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="The cvpipe Kubeflow pipeline: compile it, "
-                                     "run it here (kfp.local), submit or schedule it on a cluster, or retrain on a policy.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description="The cvpipe Kubeflow pipeline: compile it, run it here (kfp.local), "
+        "submit or schedule it on a cluster, or retrain on a policy.")
     commands = parser.add_subparsers(dest="command", required=True)
     compile_ = commands.add_parser("compile", help="write the KFP IR YAML")
     compile_.add_argument("--output", default=DEFAULT_PACKAGE, help=f"IR YAML file (default {DEFAULT_PACKAGE})")
@@ -54,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     config = config_from_args(parser, args)
+    from mlflow.exceptions import MlflowException
+
     try:
         return _COMMANDS[args.command](args, config)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, MlflowException) as e:
         logger.error("%s", e)
         return 1
 
@@ -74,7 +77,7 @@ def _compile(args: argparse.Namespace, config: Config) -> int:
 def _run(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] = {}) -> int:
     from pipeline.local import run_local
 
-    arguments = {**_arguments(args, serving_default=os.path.join(args.workdir, "serving")), **extra}
+    arguments = {**_arguments(args, config, serving_default=os.path.join(args.workdir, "serving")), **extra}
     summary = run_local(arguments, config, pipeline_root=os.path.join(args.workdir, "kfp"),
                         log_file=os.path.join(args.workdir, "pipeline.log"), cache=not args.no_cache)
     print(summary)  # noqa: T201 (the command's output)
@@ -84,8 +87,10 @@ def _run(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] = {}
 def _submit(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] = {}) -> int:
     from pipeline.cluster import submit
 
+    arguments = {**_arguments(args, config), **extra}
+    _warn_if_tracking_is_pod_local(config, arguments)
     with _package(args, config) as package:
-        run_id = submit(package, {**_arguments(args), **extra}, host=args.host, experiment=args.experiment,
+        run_id = submit(package, arguments, host=args.host, experiment=args.experiment,
                         run_name=args.run_name, namespace=args.namespace, token=args.token)
     print(run_id)  # noqa: T201
     return 0
@@ -94,8 +99,10 @@ def _submit(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] =
 def _schedule(args: argparse.Namespace, config: Config) -> int:
     from pipeline.cluster import schedule
 
+    arguments = _arguments(args, config)
+    _warn_if_tracking_is_pod_local(config, arguments)
     with _package(args, config) as package:
-        recurring_id = schedule(package, _arguments(args), host=args.host, experiment=args.experiment,
+        recurring_id = schedule(package, arguments, host=args.host, experiment=args.experiment,
                                 name=args.name, cron=args.cron, namespace=args.namespace, token=args.token)
     print(recurring_id)  # noqa: T201
     return 0
@@ -103,26 +110,32 @@ def _schedule(args: argparse.Namespace, config: Config) -> int:
 
 def _retrain(args: argparse.Namespace, config: Config) -> int:
     from components import tracking
+    from pipeline.parameters import CONFIG_KEYS, resolve_config
     from pipeline.retrain import evaluate_policy, policy_from_args, reserve_run
 
-    decision = evaluate_policy(policy_from_args(args), config, args.data)
+    # The policy reads the MLflow store (and registered model) the pipeline run will write to.
+    typed = {name: value for name, value in _arguments(args, config).items() if name in CONFIG_KEYS}
+    policy_config = resolve_config(config.to_dict(), typed)
+    decision = evaluate_policy(policy_from_args(args), policy_config, args.data)
     print(decision)  # noqa: T201
     if not decision.retrain or args.dry_run:
         return 0
-    reserved = {"mlflow_run_id": reserve_run(decision, config)}
+    reserved = {"mlflow_run_id": reserve_run(decision, policy_config)}
     try:
         if args.host:
             return _submit(args, config, reserved)
         return _run(argparse.Namespace(**vars(args), no_cache=False), config, reserved)
-    except BaseException:  # the run did not start, or failed here: say so in MLflow
-        tracking.finish_run(reserved["mlflow_run_id"], config, status="FAILED")
+    except BaseException as e:  # the run did not start or did not end: say so in MLflow
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        tracking.finish_run(reserved["mlflow_run_id"], policy_config, status=status, if_running=True)
         raise
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="images: class folders or a CSV of uri,label[,split] "
                         "(any tf.io.gfile path, e.g. gs://)")
-    parser.add_argument("--model-name", help="served and registered model name")
+    parser.add_argument("--model-name", help="the registered and served model name "
+                        "(default: tracking.registered_model)")
     parser.add_argument("--serving-base-path", help="TF Serving's model root: models.config and NAME/<version>")
     parser.add_argument("--serving-address", help="a running TF Serving (host:grpc_port) for a safe label move")
     parser.add_argument("--batch-input", help="what to score after deploy: images, a CSV or TFRecords, or "
@@ -163,8 +176,11 @@ def _platform(args: argparse.Namespace) -> PlatformOptions:
                            gcp_secret=args.gcp_secret, aws_secret=args.aws_secret, mlflow_secret=args.mlflow_secret)
 
 
-def _arguments(args: argparse.Namespace, serving_default: str | None = None) -> dict[str, Any]:
-    """The run's pipeline arguments: the flags given, then --param NAME=VALUE."""
+def _arguments(args: argparse.Namespace, config: Config, serving_default: str | None = None) -> dict[str, Any]:
+    """The run's pipeline arguments: the flags given, then --param NAME=VALUE (names checked)."""
+    from pipeline.definition import build_pipeline
+
+    known = set(build_pipeline(config).component_spec.inputs)
     arguments: dict[str, Any] = {"data_source": args.data}
     for flag in ("model_name", "serving_base_path", "serving_address", "batch_input"):
         if getattr(args, flag) is not None:
@@ -175,8 +191,19 @@ def _arguments(args: argparse.Namespace, serving_default: str | None = None) -> 
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        if name.strip() not in known:
+            raise ValueError(f"--param {item!r}: the pipeline has no parameter {name.strip()!r}; "
+                             f"it has {sorted(known)}")
         arguments[name.strip()] = yaml.safe_load(value) if value.strip() else ""
     return arguments
+
+
+def _warn_if_tracking_is_pod_local(config: Config, arguments: Mapping[str, Any]) -> None:
+    """A SQLite MLflow store on a cluster is a file in each step's pod: every step would track alone."""
+    uri = arguments.get("mlflow_tracking_uri") or config.tracking.tracking_uri
+    if config.tracking.enabled and uri.startswith("sqlite:"):
+        logger.warning("MLflow tracking URI %s is a file inside each step's pod on a cluster: pass "
+                       "--param mlflow_tracking_uri=http://<your MLflow server> (infra/mlflow)", uri)
 
 
 @contextlib.contextmanager

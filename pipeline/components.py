@@ -21,9 +21,9 @@ component = functools.partial(dsl.component, base_image=PROJECT_IMAGE, install_k
 
 
 @component
-def configure(config: dict, image_size: int, model: str, epochs: int, batch_size: int, learning_rate: float,
-              min_accuracy: float, min_class_recall: float, max_accuracy_drop: float, beam_runner: str,
-              beam_options: list, mlflow_tracking_uri: str
+def configure(config: dict, model_name: str, image_size: int, model: str, epochs: int, batch_size: int,
+              learning_rate: float, min_accuracy: float, min_class_recall: float, max_accuracy_drop: float,
+              beam_runner: str, beam_options: list, mlflow_tracking_uri: str
               ) -> NamedTuple("Outputs", [("config", dict), ("ingest_config", dict), ("transform_config", dict)]):
     """Sets the typed parameters on `config` and validates it; the cached steps get their sections only."""
     import collections
@@ -33,9 +33,10 @@ def configure(config: dict, image_size: int, model: str, epochs: int, batch_size
 
     step_setup({})
     resolved = resolve_config(config, dict(
-        image_size=image_size, model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        min_accuracy=min_accuracy, min_class_recall=min_class_recall, max_accuracy_drop=max_accuracy_drop,
-        beam_runner=beam_runner, beam_options=beam_options, mlflow_tracking_uri=mlflow_tracking_uri))
+        model_name=model_name, image_size=image_size, model=model, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, min_accuracy=min_accuracy, min_class_recall=min_class_recall,
+        max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner, beam_options=beam_options,
+        mlflow_tracking_uri=mlflow_tracking_uri))
     outputs = collections.namedtuple("Outputs", ["config", "ingest_config", "transform_config"])
     return outputs(resolved.to_dict(), step_config(resolved, "ingest"), step_config(resolved, "transform"))
 
@@ -87,8 +88,9 @@ def finish_run(kfp_run_id: str, mlflow_run_id: str, config: dict, mlflow_trackin
 
 
 @component
-def ingest(data_source: str, data_fingerprint: str, config: dict, records: Output[Dataset]):
-    """Validated, split TFRecords of `data_source`; `data_fingerprint` (its content) keys the cache.
+def ingest(data_source: str, data_fingerprint: str, code_fingerprint: str, config: dict, records: Output[Dataset]):
+    """Validated, split TFRecords of `data_source`; `data_fingerprint` (its content) and
+    `code_fingerprint` (the stage code's) key the cache.
 
     Its counts are the records' metadata: a cached step's outputs must all be files, which a
     Metrics artifact is not."""
@@ -96,10 +98,11 @@ def ingest(data_source: str, data_fingerprint: str, config: dict, records: Outpu
     from pipeline.runtime import step_setup
 
     result = run_ingest(data_source, records.path, step_setup(config), overwrite=True)
+    stats = result.stats
     records.metadata.update({"source": data_source, "source_fingerprint": data_fingerprint,
-                             "fingerprint": result.fingerprint,
-                             **{name: result.stats[name] for name in ("inputs", "accepted", "rejected")},
-                             **{f"{split}_images": counts["images"] for split, counts in result.stats["splits"].items()}})
+                             "code_fingerprint": code_fingerprint, "fingerprint": result.fingerprint,
+                             **{name: stats[name] for name in ("inputs", "accepted", "rejected")},
+                             **{f"{split}_images": counts["images"] for split, counts in stats["splits"].items()}})
 
 
 @component
@@ -107,17 +110,18 @@ def track_stage(stage: str, output: Input[Artifact], config: dict, parent_run_id
     """Logs a (possibly cached) stage output to this pipeline run in MLflow."""
     from pipeline.runtime import step_setup, track
 
-    track(stage, output.path, step_setup(config), parent_run_id)
+    track(stage, output.path, output.uri, step_setup(config), parent_run_id)
 
 
 @component
-def transform(records: Input[Dataset], config: dict, transformed: Output[Dataset]):
-    """Analyses the training split with tf.transform and writes the transform graph and transformed data."""
+def transform(records: Input[Dataset], code_fingerprint: str, config: dict, transformed: Output[Dataset]):
+    """Analyses the training split with tf.transform and writes the transform graph and transformed data;
+    `code_fingerprint` (the stage code's) is part of the cache key."""
     from components.transform.run import run_transform
     from pipeline.runtime import step_setup
 
     result = run_transform(records.path, transformed.path, step_setup(config), overwrite=True)
-    transformed.metadata["fingerprint"] = result.fingerprint
+    transformed.metadata.update({"fingerprint": result.fingerprint, "code_fingerprint": code_fingerprint})
 
 
 @component
@@ -135,7 +139,7 @@ def train(transformed: Input[Dataset], config: dict, parent_run_id: str, model: 
     metrics.log_metric("epochs_run", result.training["epochs_run"])
     model.metadata.update({"framework": "tensorflow", "model": settings.train.model,
                            "weights_sha256": result.training["weights_sha256"]})
-    track("train", model.path, settings, parent_run_id)
+    track("train", model.path, model.uri, settings, parent_run_id)
 
 
 @component
@@ -150,7 +154,7 @@ def export(model: Input[Model], transformed: Input[Dataset], model_name: str, co
     settings = step_setup(config)
     result = run_export(model.path, transformed.path, posixpath.join(saved_model.path, model_name), settings)
     saved_model.metadata.update({"model_name": model_name, "version": result.version, "framework": "tensorflow"})
-    track("export", result.output, settings, parent_run_id)
+    track("export", result.output, f"{saved_model.uri}/{model_name}/{result.version}", settings, parent_run_id)
 
 
 @component
@@ -182,7 +186,7 @@ def evaluate(saved_model: Input[Model], records: Input[Dataset], config: dict, p
     shutil.copyfile(f"{evaluation.path}/evaluation.html", report.path)
     blessed = bool(result.blessing["blessed"])
     evaluation.metadata.update({"blessed": blessed, "reasons": result.blessing["reasons"]})
-    track("evaluate", evaluation.path, settings, parent_run_id)
+    track("evaluate", evaluation.path, evaluation.uri, settings, parent_run_id)
     return blessed
 
 
@@ -233,4 +237,4 @@ def batch_predict(saved_model: Input[Model], records: Input[Dataset], batch_inpu
     for name in ("inputs", "predictions", "errors", "images_per_second"):
         summary.log_metric(name, result.summary[name])
     predictions.metadata.update({"input": batch_input, "format": result.summary["format"]})
-    track("batch_predict", predictions.path, settings, parent_run_id)
+    track("batch_predict", predictions.path, predictions.uri, settings, parent_run_id)

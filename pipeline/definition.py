@@ -10,7 +10,9 @@ parameter's default and the typed parameters' defaults (see pipeline.parameters)
 `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types.
 """
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kfp import dsl
 
@@ -47,7 +49,8 @@ RESOURCES = {
 }
 # Steps whose output is a function of their content-derived inputs: they may be served from cache.
 CACHED_STEPS = frozenset({"ingest", "transform"})
-# A retried train step resumes from its checkpoints (BackupAndRestore).
+# A retried train step resumes from its checkpoints (BackupAndRestore) where its artifact path
+# outlives the pod (kfp.local, GCS FUSE on Vertex AI); elsewhere it starts over.
 TRAIN_RETRIES = 2
 
 
@@ -70,10 +73,22 @@ AWS_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
+def code_fingerprint() -> str:
+    """A hash of the stage code (the `components` package's Python files): part of the cached steps'
+    cache keys, so changed code is never served from a cache filled by the old code under the same
+    image tag."""
+    root = Path(__file__).resolve().parent.parent / "components"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\n".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()):
     """The cvpipe kfp pipeline, its parameters defaulting to `config`."""
     defaults = parameter_defaults(config)
     compiled_config = config.to_dict()
+    code = code_fingerprint()
 
     def configure(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         _configure_task(task, name, platform)
@@ -83,7 +98,7 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
                   "export, evaluate, register, deploy if blessed, batch scoring.")
     def cvpipe(
         data_source: str,
-        model_name: str = config.tracking.registered_model,
+        model_name: str = defaults["model_name"],
         serving_base_path: str = "/models",
         serving_address: str = "",
         batch_input: str = "",
@@ -101,29 +116,30 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
         mlflow_run_id: str = "",
         config: dict = compiled_config,
     ):
-        """`data_source`: class folders or a CSV (any tf.io.gfile path); `serving_base_path`: TF Serving's
-        model root; `serving_address`: a running server for a safe label move; `batch_input`: what to
-        score after deploy ("": nothing, `split:test`: this run's test split); `mlflow_run_id`: an MLflow
-        run reserved for this run (by `python -m pipeline retrain`); the rest set `config`."""
-        settings = configure(steps.configure(
-            config=config, image_size=image_size, model=model, epochs=epochs, batch_size=batch_size,
-            learning_rate=learning_rate, min_accuracy=min_accuracy, min_class_recall=min_class_recall,
-            max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner, beam_options=beam_options,
-            mlflow_tracking_uri=mlflow_tracking_uri), "configure")
-        resolved = settings.outputs["config"]
+        """`data_source`: class folders or a CSV (any tf.io.gfile path); `model_name`: the registered and
+        served model's name; `serving_base_path`: TF Serving's model root; `serving_address`: a running
+        server for a safe label move; `batch_input`: what to score after deploy ("": nothing,
+        `split:test`: this run's test split); `mlflow_run_id`: an MLflow run reserved for this run (by
+        `python -m pipeline retrain`). The typed parameters are set on `config` and win over its values."""
         finish = configure(steps.finish_run(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, mlflow_run_id=mlflow_run_id,
                                             config=config, mlflow_tracking_uri=mlflow_tracking_uri), "finish-run")
         with dsl.ExitHandler(finish, name="tracked-run"):
+            settings = configure(steps.configure(
+                config=config, model_name=model_name, image_size=image_size, model=model, epochs=epochs,
+                batch_size=batch_size, learning_rate=learning_rate, min_accuracy=min_accuracy,
+                min_class_recall=min_class_recall, max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner,
+                beam_options=beam_options, mlflow_tracking_uri=mlflow_tracking_uri), "configure")
+            resolved = settings.outputs["config"]
             start = configure(steps.start_run(data_source=data_source, config=resolved, mlflow_run_id=mlflow_run_id,
                                               kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start-run")
             run_id = start.outputs["mlflow_run_id"]
             ingest = configure(steps.ingest(data_source=data_source, data_fingerprint=start.outputs["data_fingerprint"],
-                                            config=settings.outputs["ingest_config"]), "ingest")
+                                            code_fingerprint=code, config=settings.outputs["ingest_config"]), "ingest")
             records = ingest.outputs["records"]
             configure(steps.track_stage(stage="ingest", output=records, config=resolved, parent_run_id=run_id),
                       "track-stage").set_display_name("track-ingest")
-            transform = configure(steps.transform(records=records, config=settings.outputs["transform_config"]),
-                                  "transform")
+            transform = configure(steps.transform(records=records, code_fingerprint=code,
+                                                  config=settings.outputs["transform_config"]), "transform")
             transformed = transform.outputs["transformed"]
             configure(steps.track_stage(stage="transform", output=transformed, config=resolved, parent_run_id=run_id),
                       "track-stage").set_display_name("track-transform")
@@ -133,12 +149,13 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
             saved_model = export.outputs["saved_model"]
             evaluate = configure(steps.evaluate(saved_model=saved_model, records=records, config=resolved,
                                                 parent_run_id=run_id), "evaluate")
-            configure(steps.register(saved_model=saved_model, evaluation=evaluate.outputs["evaluation"],
-                                     config=resolved, parent_run_id=run_id), "register")
+            register = configure(steps.register(saved_model=saved_model, evaluation=evaluate.outputs["evaluation"],
+                                                config=resolved, parent_run_id=run_id), "register")
             with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a kfp condition)
                 deploy = configure(steps.deploy(saved_model=saved_model, evaluation=evaluate.outputs["evaluation"],
                                                 serving_base_path=serving_base_path, model_name=model_name,
-                                                serving_address=serving_address, config=resolved), "deploy")
+                                                serving_address=serving_address, config=resolved),
+                                   "deploy").after(register)
                 with dsl.If(batch_input != "", name="batch-scoring"):
                     configure(steps.batch_predict(saved_model=saved_model, records=records, batch_input=batch_input,
                                                   config=resolved, parent_run_id=run_id),

@@ -126,10 +126,13 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     from components import tracking
     from components.deploy import model_config
     from components.manifest import read_json
+    from pipeline.parameters import CONFIG_KEYS, resolve_config
 
+    # What the run's configure step made of the configuration (model name, MLflow URI, ...).
+    config = resolve_config(config.to_dict(), {k: v for k, v in arguments.items() if k in CONFIG_KEYS})
     settings = config.tracking
+    model_name = settings.registered_model
     serving_base_path = arguments.get("serving_base_path", "")
-    model_name = arguments.get("model_name", settings.registered_model)
     served = {}
     if serving_base_path:
         served = model_config.labels(
@@ -138,12 +141,14 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
                    serving_base_path=serving_base_path, model_name=model_name, served=served)
     if not settings.enabled:
         return RunSummary(**summary)
-    runs = [run for run in tracking.pipeline_runs(config, data_source=arguments["data_source"], max_results=5)
-            if run.info.start_time >= since_ms]
-    if not runs:
-        logger.warning("No MLflow pipeline run on %s since the run started", arguments["data_source"])
-        return RunSummary(**summary)
-    run_id = runs[0].info.run_id
+    run_id = arguments.get("mlflow_run_id")  # reserved before the run started (python -m pipeline retrain)
+    if not run_id:
+        runs = [run for run in tracking.pipeline_runs(config, data_source=arguments["data_source"], max_results=5)
+                if run.info.start_time >= since_ms]
+        if not runs:
+            logger.warning("No MLflow pipeline run on %s since the run started", arguments["data_source"])
+            return RunSummary(**summary)
+        run_id = runs[0].info.run_id
     outputs, register_run = {}, None
     for child in tracking.child_runs(config, run_id):
         stage = child.data.tags.get("cvpipe.stage")

@@ -2,8 +2,8 @@
 
 A run's configuration is the `config` parameter (the whole `Config` as a mapping; its default is
 the configuration the pipeline was compiled with) with the typed parameters below set on top.
-The typed parameters default to the same compiled configuration, so the two agree unless a run
-changes one; an empty string leaves the configured value alone.
+The typed parameters default to the same compiled configuration and always win: change those keys
+through the typed parameters, the others through `config`. An empty string leaves the value alone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from components.config import Config, config_from_dict
 
 # Typed pipeline parameter -> the configuration key it sets.
 CONFIG_KEYS = {
+    "model_name": "tracking.registered_model",  # also the served model's name
     "image_size": "transform.image_size",
     "model": "train.model",
     "epochs": "train.epochs",

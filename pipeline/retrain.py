@@ -279,28 +279,10 @@ def read_history(config: Config, data_source: str) -> list[PipelineRunRecord]:
 
 def read_champion_created(config: Config) -> datetime | None:
     """When the registered model's champion version was created; None without one."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
     from components import tracking
 
-    uri = tracking.tracking_uri(config.tracking)
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    name = config.tracking.registered_model
-    # The model's aliases rather than get_model_version_by_alias, whose error for a missing alias
-    # (INVALID_PARAMETER_VALUE) is that of a malformed request too.
-    try:
-        version = client.get_registered_model(name).aliases.get(tracking.CHAMPION_ALIAS)
-    except MlflowException as e:
-        if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise
-        version = None
-    if version is None:
-        logger.info("No %s of %r at %s", tracking.CHAMPION_ALIAS, name, uri)
-        return None
-    created = client.get_model_version(name, str(version)).creation_timestamp
-    return datetime.fromtimestamp(created / 1000, timezone.utc)
+    champion = tracking.champion_version(config)
+    return None if champion is None else datetime.fromtimestamp(champion.creation_timestamp / 1000, timezone.utc)
 
 
 def read_live_metric(name: str, source: str, timeout: float = LIVE_METRIC_TIMEOUT_SECONDS) -> float:
@@ -362,8 +344,8 @@ def reserve_run(decision: Decision, config: Config) -> str:
     start step adopts it (the pipeline parameter `mlflow_run_id`). Returns its id."""
     from components import tracking
 
-    return tracking.reserve_pipeline_run(config, decision.data, tags={"cvpipe.trigger": "retrain",
-                                                                       "cvpipe.retrain_reasons": "; ".join(decision.triggers)})
+    tags = {"cvpipe.trigger": "retrain", "cvpipe.retrain_reasons": "; ".join(decision.triggers)}
+    return tracking.reserve_pipeline_run(config, decision.data, tags=tags)
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:

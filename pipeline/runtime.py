@@ -21,13 +21,14 @@ def step_setup(config: Mapping[str, Any]) -> Config:
     return config_from_dict(dict(config), source="the pipeline step's config")
 
 
-def track(stage: str, output: str, config: Config, parent_run_id: str) -> None:
-    """Logs a finished stage output to MLflow as a child of the pipeline's run (none: tracking is off)."""
+def track(stage: str, output: str, location: str, config: Config, parent_run_id: str) -> None:
+    """Logs a finished stage output (read at `output`, the step's local path; recorded as `location`, its
+    artifact URI) to MLflow as a child of the pipeline's run (none: tracking is off)."""
     if not parent_run_id or not config.tracking.enabled:
         return
     from components import tracking
 
-    tracking.log_stage(stage, output, config, parent_run_id=parent_run_id)
+    tracking.log_stage(stage, output, config, parent_run_id=parent_run_id, location=location)
 
 
 def saved_model_base(artifact_path: str, metadata: Mapping[str, Any]) -> str:

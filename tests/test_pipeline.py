@@ -49,7 +49,8 @@ def dag_tasks(ir: dict) -> dict[str, dict]:
 
 def guard(ir: dict, task: str) -> str:
     """The condition of the dsl.If group directly around `task`."""
-    [group] = [name for name, component in ir["components"].items() if task in component.get("dag", {}).get("tasks", {})]
+    [group] = [name for name, component in ir["components"].items()
+               if task in component.get("dag", {}).get("tasks", {})]
     [condition] = [t["triggerPolicy"]["condition"] for t in dag_tasks(ir).values()
                    if t.get("componentRef", {}).get("name") == group]
     return condition
@@ -86,7 +87,8 @@ def test_compiled_ir_pins_the_project_image_and_caches_only_content_keyed_steps(
             cached = task.get("cachingOptions", {}).get("enableCache", False)
             assert cached == (name in CACHED_STEPS), name
     train = ir["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
-    assert train["resourceCpuLimit"] == RESOURCES["train"].cpu and train["resourceMemoryLimit"] == RESOURCES["train"].memory
+    assert train["resourceCpuLimit"] == RESOURCES["train"].cpu
+    assert train["resourceMemoryLimit"] == RESOURCES["train"].memory
     # ingest's cache key holds the data's content fingerprint, not only its path
     ingest_inputs = dag_tasks(ir)["ingest"]["inputs"]["parameters"]
     assert ingest_inputs["data_fingerprint"]["taskOutputParameter"] == {"outputParameterKey": "data_fingerprint",
@@ -107,7 +109,8 @@ def test_compiled_ir_loads_back_as_a_component_with_typed_parameters(tmp_path):
 
 def test_cluster_options_mount_volumes_and_secrets_and_give_training_a_gpu(tmp_path):
     ir, platform = compile_ir(tmp_path, "--gpus", "1", "--pvc", "cvpipe-data:/data", "--pvc", "cvpipe-models:/models",
-                              "--gcp-secret", "cvpipe-gcp", "--aws-secret", "cvpipe-aws", "--image", "registry/cvpipe:2.0")
+                              "--gcp-secret", "cvpipe-gcp", "--aws-secret", "cvpipe-aws",
+                              "--image", "registry/cvpipe:2.0")
     executors = ir["deploymentSpec"]["executors"]
     assert executors["exec-train"]["container"]["image"] == GPU_IMAGE
     assert executors["exec-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
@@ -344,3 +347,9 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(kfp_api, 
 def test_an_unreachable_kfp_api_is_a_clear_error(caplog):
     assert main(["submit", "--host", "http://127.0.0.1:9", "--data", "/data/images"]) == 1
     assert "Kubeflow Pipelines at http://127.0.0.1:9" in caplog.text
+
+
+def test_an_unknown_pipeline_parameter_is_refused_before_anything_runs(tmp_path, caplog):
+    assert main(["run", "--data", str(tmp_path), "--workdir", str(tmp_path / "work"), "--param", "epoch=3"]) == 1
+    assert "the pipeline has no parameter 'epoch'" in caplog.text
+    assert not (tmp_path / "work").exists()

@@ -1,8 +1,10 @@
 """The content fingerprint of an ingest input: what pipeline caching and retraining decisions key on.
 
 Two inputs have the same fingerprint exactly when they list the same images (uri, label, split)
-with the same bytes, and the same unusable rows. Paths, times and image tags play no part, so
-a pipeline step keyed on it reruns when an image changes in place and only then.
+with the same bytes, and the same unusable rows. Modification times play no part, so a pipeline
+step keyed on it reruns when an image is added, removed, relabelled or changed in place, and not
+when files are merely touched or copied over with the same bytes. A moved dataset (other URIs) is
+another input.
 """
 
 from __future__ import annotations
