@@ -88,7 +88,7 @@ def _submit(args: argparse.Namespace, config: Config, extra: Mapping[str, Any] =
     from pipeline.cluster import submit
 
     arguments = {**_arguments(args, config), **extra}
-    _warn_if_tracking_is_pod_local(config, arguments)
+    _warn_about_pod_local_paths(args, config, arguments)
     with _package(args, config) as package:
         run_id = submit(package, arguments, host=args.host, experiment=args.experiment,
                         run_name=args.run_name, namespace=args.namespace, token=args.token)
@@ -100,7 +100,7 @@ def _schedule(args: argparse.Namespace, config: Config) -> int:
     from pipeline.cluster import schedule
 
     arguments = _arguments(args, config)
-    _warn_if_tracking_is_pod_local(config, arguments)
+    _warn_about_pod_local_paths(args, config, arguments)
     with _package(args, config) as package:
         recurring_id = schedule(package, arguments, host=args.host, experiment=args.experiment,
                                 name=args.name, cron=args.cron, namespace=args.namespace, token=args.token)
@@ -198,12 +198,19 @@ def _arguments(args: argparse.Namespace, config: Config, serving_default: str | 
     return arguments
 
 
-def _warn_if_tracking_is_pod_local(config: Config, arguments: Mapping[str, Any]) -> None:
-    """A SQLite MLflow store on a cluster is a file in each step's pod: every step would track alone."""
+def _warn_about_pod_local_paths(args: argparse.Namespace, config: Config, arguments: Mapping[str, Any]) -> None:
+    """On a cluster, a SQLite MLflow store or a serving base path outside every mounted volume is a
+    file inside each step's pod: it vanishes with the pod."""
     uri = arguments.get("mlflow_tracking_uri") or config.tracking.tracking_uri
     if config.tracking.enabled and uri.startswith("sqlite:"):
         logger.warning("MLflow tracking URI %s is a file inside each step's pod on a cluster: pass "
                        "--param mlflow_tracking_uri=http://<your MLflow server> (infra/mlflow)", uri)
+    serving = arguments.get("serving_base_path", "/models")
+    mounts = _platform(args).pvcs.values()
+    if "://" not in serving and not any(serving.startswith(mount.rstrip("/") + "/") or serving == mount
+                                        for mount in mounts):
+        logger.warning("serving_base_path %s is on no mounted volume (--pvc NAME:/PATH): deploy would write "
+                       "into its own pod, where TF Serving never sees it", serving)
 
 
 @contextlib.contextmanager

@@ -319,11 +319,13 @@ def posted(requests: list, resource: str) -> dict:
     return body
 
 
-def test_submit_sends_the_compiled_pipeline_and_typed_arguments(kfp_api, capsys):
+def test_submit_sends_the_compiled_pipeline_and_typed_arguments(kfp_api, capsys, caplog):
     host, requests = kfp_api
     assert main(["submit", "--host", host, "--data", "/data/images", "--param", "epochs=3", "--serving-base-path",
                  "/models", "--pvc", "cvpipe-data:/data", "--experiment", "nightly", "--run-name", "try"]) == 0
     assert capsys.readouterr().out.strip() == "run-1"
+    # pod-local paths are named: the default SQLite MLflow store, /models without its volume
+    assert "is a file inside each step's pod" in caplog.text and "/models is on no mounted volume" in caplog.text
     assert posted(requests, "experiments")["display_name"] == "nightly"
     run = posted(requests, "runs")
     assert run["display_name"] == "try" and run["experiment_id"] == "exp-1"
