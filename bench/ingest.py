@@ -55,9 +55,12 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
 
     variants = {
         "baseline: single-process loop": lambda out: baseline_ingest(str(source), out, load_config()),
-        "beam DirectRunner multi_processing x2": lambda out: run_ingest(str(source), out, load_config()),
-        "beam DirectRunner multi_threading x2": lambda out: run_ingest(
-            str(source), out, load_config(overrides=["beam.direct_running_mode=multi_threading"])),
+        "beam DirectRunner default: in memory, ingest.threads=2 (one per core)": lambda out: run_ingest(
+            str(source), out, load_config()),
+        "beam DirectRunner multi_processing x2, ingest.threads=1": lambda out: run_ingest(
+            str(source), out, load_config(overrides=["beam.direct_running_mode=multi_processing", "ingest.threads=1"])),
+        "beam DirectRunner multi_threading x2, ingest.threads=1": lambda out: run_ingest(
+            str(source), out, load_config(overrides=["beam.direct_running_mode=multi_threading", "ingest.threads=1"])),
     }
     best: dict[str, float] = {}
     record_bytes = {}

@@ -6,13 +6,18 @@ import argparse
 import logging
 import os
 import re
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from components.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Set by a pipeline run: stage runs are tracked as children of this MLflow run.
 PARENT_RUN_ENV = "CVPIPE_MLFLOW_PARENT_RUN_ID"
+DIRECT_RUNNERS = ("DirectRunner", "direct")
 
 
 # The DirectRunner relays each worker log line as one INFO line of protobuf text on this logger.
@@ -77,23 +82,49 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(str(e))
 
 
-def beam_options(config: Config, runner: str | None, extra_args: Sequence[str]):
+def beam_options(config: Config, runner: str | None, extra_args: Sequence[str],
+                 direct_running_mode: str = "multi_processing"):
     """Pipeline options: the config's runner and options, then command-line Beam flags.
 
-    The DirectRunner defaults to `beam.direct_num_workers` workers in `beam.direct_running_mode`;
-    any other runner receives its flags (`--project`, `--region`, `--flink_master`, ...) unchanged.
+    The DirectRunner runs in `beam.direct_running_mode`, or else in the stage's `direct_running_mode`,
+    with `beam.direct_num_workers` workers (one in memory); any other runner receives its flags
+    (`--project`, `--region`, `--flink_master`, ...) unchanged.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     runner = runner or config.beam.runner
     flags = [f"--runner={runner}", *config.beam.options, *extra_args]
-    if runner in ("DirectRunner", "direct"):
-        given = " ".join(flags)
-        if "--direct_num_workers" not in given:
-            flags.append(f"--direct_num_workers={config.beam.direct_num_workers}")
-        if "--direct_running_mode" not in given:
-            flags.append(f"--direct_running_mode={config.beam.direct_running_mode}")
+    if runner in DIRECT_RUNNERS:
+        given = argparse.ArgumentParser(add_help=False)
+        given.add_argument("--direct_running_mode")
+        given.add_argument("--direct_num_workers", type=int)
+        flag, _ = given.parse_known_args(flags)
+        mode = flag.direct_running_mode or config.beam.direct_running_mode or direct_running_mode
+        workers = flag.direct_num_workers or (1 if mode == "in_memory" else config.beam.direct_num_workers)
+        flags += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     return PipelineOptions(flags)
+
+
+def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Beam pipeline with `options` (see `beam_options`).
+
+    The DirectRunner runs on its batch engine, the FnApiRunner, named here: since Beam 2.6x the
+    DirectRunner first tries Prism, a binary it downloads from GitHub at run time, and falls back
+    to the FnApiRunner when that fails. Prism would ignore `--direct_running_mode`; offline, the
+    download attempt costs time or hangs on a firewall that drops packets.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    if options.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
+        return beam.Pipeline(options=options)
+    # What the DirectRunner hands the FnApiRunner: workers read the pipeline options from it.
+    provision_info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options())))
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision_info), options=options)
 
 
 def run_stage(stage: str, action: Callable[[], str | None], config: Config,

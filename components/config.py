@@ -20,6 +20,9 @@ IMAGE_FORMATS = ("jpeg", "png", "bmp", "gif", "tiff", "webp")
 SPLITS = ("train", "valid", "test")
 
 
+DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -62,6 +65,9 @@ class IngestConfig:
     # zlib level of the .tfrecord.gz shards. JPEG/PNG bytes do not compress: on the demo data level 1
     # saved 0.4 % of the bytes and took 38 % more time than 0 (stored blocks, still gzip).
     compression_level: int = 0
+    # Threads per Beam worker that read and check images, and read them again to write shards;
+    # 0 = one per CPU core. Decoding and hashing release the GIL; remote reads (gs://) wait on the network.
+    threads: int = 0
 
     def validate(self) -> None:
         self.splits.validate()
@@ -75,6 +81,8 @@ class IngestConfig:
                 raise ConfigError(f"ingest.{name} must be positive")
         if not 0 <= self.compression_level <= 9:
             raise ConfigError("ingest.compression_level must be between 0 and 9")
+        if self.threads < 0:
+            raise ConfigError("ingest.threads must be >= 0 (0: one per CPU core)")
 
 
 @dataclass
@@ -294,15 +302,18 @@ class BeamConfig:
     """How Beam jobs run. Runner-specific options pass through `options` or the command line."""
 
     runner: str = "DirectRunner"
-    # DirectRunner only: parallel workers and how they run (multi_processing uses every core).
+    # DirectRunner only: how its workers run and how many. Empty: each stage's own choice, which uses
+    # every core: ingest runs in memory on one worker (its DoFns use `ingest.threads` threads),
+    # transform and batch prediction in `direct_num_workers` processes.
+    direct_running_mode: str = ""
     direct_num_workers: int = 2
-    direct_running_mode: str = "multi_processing"
     options: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        if self.direct_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
+        if self.direct_running_mode not in ("", *DIRECT_RUNNING_MODES):
             raise ConfigError(
-                "beam.direct_running_mode must be in_memory, multi_threading or multi_processing"
+                "beam.direct_running_mode must be empty (each stage's choice), in_memory, multi_threading or "
+                "multi_processing"
             )
         if self.direct_num_workers < 1:
             raise ConfigError("beam.direct_num_workers must be >= 1")

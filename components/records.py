@@ -46,6 +46,9 @@ FEATURE_TYPES = {
     "label/id": "int64",
 }
 
+_SORTED_KEYS = sorted(FEATURE_TYPES)
+_ONE_BYTE_VARINTS = [bytes([value]) for value in range(0x80)]
+
 
 def shard_name(split: str, index: int, count: int) -> str:
     """`train-00000-of-00004.tfrecord.gz`."""
@@ -60,13 +63,13 @@ def encode_example(features: dict[str, bytes | str | int]) -> bytes:
     if features.keys() != FEATURE_TYPES.keys():
         raise KeyError(f"record keys differ from the schema: {sorted(features.keys() ^ FEATURE_TYPES.keys())}")
     entries = []
-    for key in sorted(features):
+    for key in _SORTED_KEYS:
         value = features[key]
         if FEATURE_TYPES[key] == "int64":
             feature = length_delimited(3, length_delimited(1, varint(int(value))))  # Int64List{value: [v]} (packed)
         else:
             feature = length_delimited(1, length_delimited(1, value.encode() if isinstance(value, str) else bytes(value)))  # BytesList
-        entries.append(length_delimited(1, length_delimited(1, key.encode()) + length_delimited(2, feature)))  # map<string, Feature> entry
+        entries.append(length_delimited(1, _KEY_FIELDS[key] + length_delimited(2, feature)))  # map<string, Feature> entry
     return length_delimited(1, b"".join(entries))  # Example{features: Features{feature: ...}}
 
 
@@ -99,6 +102,8 @@ def _masked_crc(data: bytes) -> bytes:
 
 
 def varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     value &= (1 << 64) - 1  # negative int64 as two's complement, like protobuf
     out = bytearray()
     while value > 0x7F:
@@ -111,6 +116,10 @@ def varint(value: int) -> bytes:
 def length_delimited(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
     return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+# The key field of each feature's map entry, as encode_example writes it.
+_KEY_FIELDS = {key: length_delimited(1, key.encode()) for key in FEATURE_TYPES}
 
 
 def read_records(stream: BinaryIO, name: str) -> Iterator[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from components.cli import beam_options, beam_pipeline
 from components.config import ConfigError, load_config
 
 
@@ -43,3 +44,25 @@ def test_bad_values_name_the_key(override, message):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def direct_options(config_overrides: list[str], flags: list[str], stage_mode: str) -> tuple[str, int]:
+    options = beam_options(load_config(overrides=config_overrides), None, flags, stage_mode).get_all_options()
+    return options["direct_running_mode"], options["direct_num_workers"]
+
+
+def test_direct_runner_mode_is_the_stages_unless_the_config_or_a_flag_says_otherwise():
+    assert direct_options([], [], "in_memory") == ("in_memory", 1)
+    assert direct_options([], [], "multi_processing") == ("multi_processing", 2)
+    assert direct_options(["beam.direct_running_mode=multi_threading"], [], "in_memory") == ("multi_threading", 2)
+    assert direct_options([], ["--direct_running_mode", "in_memory"], "multi_processing") == ("in_memory", 1)
+    assert direct_options(["beam.direct_num_workers=3"], ["--direct_running_mode=multi_processing"],
+                          "in_memory") == ("multi_processing", 3)
+
+
+def test_the_direct_runner_runs_on_the_fn_api_runner_without_trying_prism():
+    # Beam's DirectRunner first tries Prism, downloading its binary from GitHub at run time.
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    assert isinstance(beam_pipeline(beam_options(load_config(), None, [])).runner, FnApiRunner)
+    assert type(beam_pipeline(beam_options(load_config(), "SparkRunner", [])).runner).__name__ == "SparkRunner"

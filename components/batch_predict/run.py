@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import apache_beam as beam
 import tensorflow as tf
 
 from components.batch_predict.handlers import EndpointHandler, SavedModelHandler
@@ -71,7 +70,7 @@ def run_batch_predict(
     `output_format` overrides batch_predict.format; `splits` selects splits of an ingest output;
     `labels` is a labels.txt for the top-k labels of an endpoint (a SavedModel has its own).
     """
-    from components.cli import beam_options
+    from components.cli import beam_options, beam_pipeline
 
     settings = config.batch_predict
     fmt = output_format or settings.format
@@ -96,7 +95,7 @@ def run_batch_predict(
         element_size = settings.batch_size * (settings.remote_max_concurrent_requests if info.remote else 1)
         logger.info("Scoring %d inputs (%s) from %s into %s (working in %s), %d %s file(s)", listing.count,
                     listing.kind, input_path, output, work_dir, num_shards, fmt)
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam_pipeline(options)
         build_pipeline(pipeline, listing, handler, settings, element_size=element_size, fmt=fmt, num_shards=num_shards,
                        labels=info.labels, model_name=info.name, model_version=info.version, output_dir=work_dir)
         try:

@@ -17,6 +17,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 
+import google_crc32c
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -42,6 +43,7 @@ class CheckedImage:
     """What the checks learned about a valid image; `stored_bytes` gives what its record stores."""
 
     sha256: str  # of the source bytes
+    crc32c: int  # of the source bytes: a cheap check that they are unchanged when read again
     original_format: str
     height: int  # after orientation
     width: int
@@ -87,6 +89,7 @@ def check_image(data: bytes, config: IngestConfig) -> CheckedImage:
         width, height = height, width
     return CheckedImage(
         sha256=hashlib.sha256(data).hexdigest(),
+        crc32c=google_crc32c.value(data),
         original_format=original_format,
         height=height,
         width=width,

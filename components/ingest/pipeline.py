@@ -7,7 +7,7 @@ byte-identical output on any runner. Workers do not import TensorFlow: files go 
 FileSystems (local, gs://, ...) and records through components.records.
 
 The pipeline also writes `rejects.jsonl` and `_shards.json` (a summary per shard) for the
-driver to reconcile.
+driver to reconcile; it reads the images from `_inputs.jsonl`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,21 @@ import logging
 import math
 import posixpath
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import apache_beam as beam
+import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, TaggedOutput
+from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from components import records
 from components.config import IngestConfig
 from components.ingest.images import CheckedImage, check_image, stored_bytes
+from components.ingest.lookahead import Lookahead, thread_count
 from components.ingest.rejections import ImageRejected, Reason, Rejection
 from components.ingest.sources import InputImage
 from components.ingest.splits import assign_split, shard_index
@@ -36,10 +41,12 @@ logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
 REJECTS_FILE = "rejects.jsonl"
+INPUTS_FILE = "_inputs.jsonl"
 SHARDS_SUMMARY_FILE = "_shards.json"
 # Protobuf and TFRecord framing per record, for sizing shards before they are written.
 _RECORD_OVERHEAD_BYTES = 300
 _PROGRESS_EVERY = 500
+_READ_CHUNK_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -70,25 +77,69 @@ class ShardSummary:
     classes: dict[str, int]
 
 
-class CheckImages(beam.DoFn):
-    """Reads and checks each input; emits (sha256, Candidate) or a tagged Rejection."""
+class _ThreadedDoFn(beam.DoFn):
+    """A DoFn whose work runs on `ingest.threads` threads; outputs leave in input order, in the input's window.
+
+    Subclasses `_submit` each element from `process` and say what `_work` does on a thread and what
+    `_outputs` its result gives.
+    """
+
+    _AHEAD_PER_THREAD = 1  # elements in flight or finished per thread, waiting for their turn
 
     def __init__(self, config: IngestConfig):
         self._config = config
+
+    def setup(self) -> None:
+        threads = thread_count(self._config.threads)
+        self._pool = Lookahead(self._work, threads, self._AHEAD_PER_THREAD * threads, type(self).__name__)
+
+    def teardown(self) -> None:
+        self._pool.close()
+
+    def finish_bundle(self) -> Iterator:
+        for item, result in self._pool.drain():
+            yield from self._outputs(item, result)
+
+    def _submit(self, value: object, timestamp: Timestamp, window: BoundedWindow) -> Iterator:
+        for item, result in self._pool.submit(WindowedValue(value, timestamp, (window,))):
+            yield from self._outputs(item, result)
+
+    def _work(self, item: WindowedValue) -> object:
+        raise NotImplementedError
+
+    def _outputs(self, item: WindowedValue, result: object) -> Iterator[WindowedValue | TaggedOutput]:
+        raise NotImplementedError
+
+
+class CheckImages(_ThreadedDoFn):
+    """Reads and checks each input on a thread; emits (sha256, Candidate) or a tagged Rejection."""
+
+    _AHEAD_PER_THREAD = 4
+
+    def setup(self) -> None:
+        super().setup()
         self._seen = 0
 
-    def process(self, image: InputImage) -> Iterator:
+    def process(self, image: InputImage, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
+        yield from self._submit(image, timestamp, window)
+
+    def _work(self, item: WindowedValue) -> CheckedImage | ImageRejected:
         try:
-            checked = check_image(read_file(image.uri, self._config.max_file_bytes), self._config)
+            return check_image(read_file(item.value.uri, self._config.max_file_bytes), self._config)
         except ImageRejected as rejected:
-            beam.metrics.Metrics.counter("ingest", f"rejected_{rejected.reason.value}").inc()
-            yield TaggedOutput(REJECTED, Rejection(image.uri, rejected.reason, rejected.detail))
-        else:
-            beam.metrics.Metrics.counter("ingest", "checked_ok").inc()
-            yield checked.sha256, Candidate(image, checked)
+            return rejected
+
+    def _outputs(self, item: WindowedValue, result: CheckedImage | ImageRejected) -> Iterator:
+        image: InputImage = item.value
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
             logger.info("checked %d images in this worker", self._seen)
+        if isinstance(result, ImageRejected):
+            beam.metrics.Metrics.counter("ingest", f"rejected_{result.reason.value}").inc()
+            yield TaggedOutput(REJECTED, item.with_value(Rejection(image.uri, result.reason, result.detail)))
+        else:
+            beam.metrics.Metrics.counter("ingest", "checked_ok").inc()
+            yield item.with_value((result.sha256, Candidate(image, result)))
 
 
 class ResolveDuplicates(beam.DoFn):
@@ -118,42 +169,55 @@ class ResolveDuplicates(beam.DoFn):
         yield Accepted(kept.image.split or assign_split(sha, self._splits), kept)
 
 
-class WriteShard(beam.DoFn):
-    """Writes one shard file, records sorted by content hash; emits its ShardSummary.
+class WriteShard(_ThreadedDoFn):
+    """Writes each shard file on a thread, records sorted by content hash; emits its ShardSummary.
 
     A file whose bytes changed since it was checked is rejected instead of written.
     """
 
     def __init__(self, directory: str, config: IngestConfig, label_ids: dict[str, int]):
+        super().__init__(config)
         self._directory = directory
-        self._config = config
         self._label_ids = label_ids
 
-    def process(self, element: tuple[tuple[str, int], Iterable[Accepted]], num_shards: dict[str, int]) -> Iterator:
+    def process(self, element: tuple[tuple[str, int], Iterable[Accepted]], num_shards: dict[str, int],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
         (split, index), group = element
-        name = records.shard_name(split, index, num_shards[split])
-        digest, classes, written, source_bytes = hashlib.sha256(), {}, 0, 0
+        shard = (records.shard_name(split, index, num_shards[split]), split,
+                 sorted(group, key=lambda a: a.candidate.checked.sha256))
+        yield from self._submit(shard, timestamp, window)
+
+    def _work(self, item: WindowedValue) -> tuple[ShardSummary, list[Rejection]]:
+        name, split, ordered = item.value
+        digest, classes, written, source_bytes, rejections = hashlib.sha256(), {}, 0, 0, []
         with FileSystems.create(posixpath.join(self._directory, name),
                                 compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
                 records.TFRecordWriter(raw, self._config.compression_level) as writer:
-            for accepted in sorted(group, key=lambda a: a.candidate.checked.sha256):
+            for accepted in ordered:
                 image, checked = accepted.candidate.image, accepted.candidate.checked
                 try:
                     data = read_file(image.uri, self._config.max_file_bytes)
-                    if hashlib.sha256(data).hexdigest() != checked.sha256:
+                    if len(data) != checked.source_bytes or google_crc32c.value(data) != checked.crc32c:
                         raise ImageRejected(Reason.CHANGED, "content changed after it was checked; run ingest again")
                 except ImageRejected as rejected:
-                    yield TaggedOutput(REJECTED, Rejection(image.uri, rejected.reason, rejected.detail))
+                    rejections.append(Rejection(image.uri, rejected.reason, rejected.detail))
                     continue
-                serialized = serialize_record(image, checked, stored_bytes(data, checked), self._label_ids[image.label])
-                writer.write(serialized)
-                written += len(serialized)
+                record = serialize_record(image, checked, stored_bytes(data, checked), self._label_ids[image.label])
+                writer.write(record)
+                written += len(record)
                 source_bytes += checked.source_bytes
                 digest.update(f"{checked.sha256}\t{image.label}\n".encode())
                 classes[image.label] = classes.get(image.label, 0) + 1
         count = sum(classes.values())
         logger.info("wrote %s (%d records)", name, count)
-        yield ShardSummary(name, split, count, written, source_bytes, digest.hexdigest(), dict(sorted(classes.items())))
+        summary = ShardSummary(name, split, count, written, source_bytes, digest.hexdigest(), dict(sorted(classes.items())))
+        return summary, rejections
+
+    def _outputs(self, item: WindowedValue, result: tuple[ShardSummary, list[Rejection]]) -> Iterator:
+        summary, rejections = result
+        yield item.with_value(summary)
+        for rejection in rejections:
+            yield TaggedOutput(REJECTED, item.with_value(rejection))
 
 
 def build_pipeline(
@@ -164,10 +228,19 @@ def build_pipeline(
     config: IngestConfig,
     output_dir: str,
 ) -> None:
-    """Adds the ingest transforms to `pipeline`, writing shards and reports into `output_dir`."""
+    """Adds the ingest transforms to `pipeline`, writing shards and reports into `output_dir`.
+
+    The images travel to the workers as a file, `INPUTS_FILE` in `output_dir`, written here: a
+    Create of every image would embed them in the job graph (Dataflow caps it at 10 MB) and start
+    its reading only after pickling them all.
+    """
+    inputs_file = posixpath.join(output_dir, INPUTS_FILE)
+    _write_text(inputs_file, "".join(image.to_json() + "\n" for image in images))
     checked = (
         pipeline
-        | "ListedImages" >> beam.Create(images)
+        | "ReadListing" >> beam.io.ReadFromText(inputs_file)
+        | "ListedImages" >> beam.Map(InputImage.from_json)
+        | "SpreadImages" >> beam.Reshuffle()  # a small file is one bundle: spread the checks over workers
         | "CheckImages" >> beam.ParDo(CheckImages(config)).with_outputs(REJECTED, main="ok")
     )
     resolved = (
@@ -229,7 +302,7 @@ def read_file(uri: str, max_bytes: int) -> bytes:
     """The bytes at `uri` (local, gs://, ...); a missing, unreadable or oversized file is rejected."""
     try:
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read(max_bytes + 1)
+            data = _read_at_most(f, max_bytes + 1)
     except Exception as e:  # each filesystem raises its own errors
         if not FileSystems.exists(uri):
             raise ImageRejected(Reason.MISSING, "no such file")
@@ -237,6 +310,15 @@ def read_file(uri: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"more than ingest.max_file_bytes={max_bytes} bytes")
     return data
+
+
+def _read_at_most(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes of `stream`, in chunks: one read(size) would allocate `size` bytes each time."""
+    chunks, total = [], 0
+    while total < size and (chunk := stream.read(min(_READ_CHUNK_BYTES, size - total))):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _write_text(path: str, text: str) -> None:

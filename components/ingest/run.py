@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import apache_beam as beam
 import tensorflow as tf
 
 from components import records
 from components.config import Config
-from components.ingest.pipeline import REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
+from components.ingest.pipeline import INPUTS_FILE, REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.ingest.rejections import Reason, Rejection
 from components.ingest.sources import list_inputs
 from components.manifest import Manifest, read_json, write_json, write_manifest
@@ -59,7 +58,7 @@ def run_ingest(
     overwrite: bool = False,
 ) -> IngestResult:
     """Runs the ingest Beam pipeline and moves its complete output to `output`."""
-    from components.cli import beam_options
+    from components.cli import beam_options, beam_pipeline
 
     started = time.monotonic()
     inputs = list_inputs(input_path)
@@ -75,7 +74,7 @@ def run_ingest(
 
     with staged_output(output, overwrite, keep_on=(IngestError,)) as work_dir:
         logger.info("Ingesting %d images into %s (working in %s)", len(images), output, work_dir)
-        with beam.Pipeline(options=beam_options(config, runner, beam_args)) as pipeline:
+        with beam_pipeline(beam_options(config, runner, beam_args, direct_running_mode="in_memory")) as pipeline:
             build_pipeline(pipeline, images, rejections, {label: i for i, label in enumerate(vocabulary)},
                            config.ingest, work_dir)
         stats, fingerprint = _reconcile(work_dir, inputs.count, vocabulary)
@@ -86,7 +85,8 @@ def run_ingest(
         write_json(posixpath.join(work_dir, STATS_FILE), stats)
         _check_usable(stats)
         shards = read_json(posixpath.join(work_dir, SHARDS_SUMMARY_FILE))
-        tf.io.gfile.remove(posixpath.join(work_dir, SHARDS_SUMMARY_FILE))
+        for internal in (SHARDS_SUMMARY_FILE, INPUTS_FILE):
+            tf.io.gfile.remove(posixpath.join(work_dir, internal))
         write_manifest(work_dir, Manifest(
             stage="ingest",
             fingerprint=fingerprint,

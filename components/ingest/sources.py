@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from components.ingest.rejections import Reason, Rejection
 
@@ -36,6 +37,13 @@ class InputImage:
     uri: str
     label: str
     split: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> InputImage:
+        return cls(**json.loads(line))
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def run_transform(
     overwrite: bool = False,
 ) -> TransformResult:
     """Analyses the training split with tf.transform and materialises every split."""
-    from components.cli import beam_options
+    from components.cli import beam_options, beam_pipeline
 
     started = time.monotonic()
     ingest = read_manifest(ingest_dir, "ingest")
@@ -117,7 +117,7 @@ def run_transform(
     with staged_output(output, overwrite) as work_dir:
         logger.info("Transforming %s into %s: %s, analysing %d training images",
                     ingest_dir, output, settings, ingest_counts["train"])
-        with beam.Pipeline(options=beam_options(config, runner, beam_args)) as pipeline, \
+        with beam_pipeline(beam_options(config, runner, beam_args)) as pipeline, \
                 tft_beam.Context(temp_dir=posixpath.join(work_dir, "tmp"), force_tf_compat_v1=False):
             _build_pipeline(pipeline, ingest_dir, ingest_counts, labels, settings, work_dir)
         tf.io.gfile.rmtree(posixpath.join(work_dir, "tmp"))
