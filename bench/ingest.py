@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -46,22 +47,35 @@ def baseline_ingest(input_dir: str, output_dir: str, config: Config) -> int:
     return written
 
 
+BASELINE = "baseline: single-process loop"
+DEFAULT = "beam DirectRunner default: in memory, ingest.threads=2 (one per core)"
+VARIANTS: dict[str, Callable[[str, str], object]] = {
+    BASELINE: lambda source, out: baseline_ingest(source, out, load_config()),
+    DEFAULT: lambda source, out: run_ingest(source, out, load_config()),
+    "beam DirectRunner multi_processing x2, ingest.threads=1": lambda source, out: run_ingest(
+        source, out, load_config(overrides=["beam.direct_running_mode=multi_processing", "ingest.threads=1"])),
+    "beam DirectRunner multi_threading x2, ingest.threads=1": lambda source, out: run_ingest(
+        source, out, load_config(overrides=["beam.direct_running_mode=multi_threading", "ingest.threads=1"])),
+}
+
+
 def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
+    """Every variant on `images` images, then the baseline and the default on three times as many.
+
+    The two sizes also give the default's marginal rate: the time per extra image, without the
+    fixed cost of starting and finishing a Beam job.
+    """
+    small = _measure(data_dir, images, repeats, VARIANTS)
+    large = _measure(data_dir, 3 * images, repeats, {name: VARIANTS[name] for name in (BASELINE, DEFAULT)})
+    return small + large + [_marginal(small, large)]
+
+
+def _measure(data_dir: Path, images: int, repeats: int, variants: dict[str, Callable[[str, str], object]]) -> list[dict]:
     per_class = -(-images // len(CLASSES))
     source = data_dir / f"demo-seed0-{per_class}"
     generate_demo_dataset(source, seed=0, per_class=per_class)  # idempotent: rewrites identical files
     source_mb = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) / 1e6
     count = per_class * len(CLASSES)
-
-    variants = {
-        "baseline: single-process loop": lambda out: baseline_ingest(str(source), out, load_config()),
-        "beam DirectRunner default: in memory, ingest.threads=2 (one per core)": lambda out: run_ingest(
-            str(source), out, load_config()),
-        "beam DirectRunner multi_processing x2, ingest.threads=1": lambda out: run_ingest(
-            str(source), out, load_config(overrides=["beam.direct_running_mode=multi_processing", "ingest.threads=1"])),
-        "beam DirectRunner multi_threading x2, ingest.threads=1": lambda out: run_ingest(
-            str(source), out, load_config(overrides=["beam.direct_running_mode=multi_threading", "ingest.threads=1"])),
-    }
     best: dict[str, float] = {}
     record_bytes = {}
     for repeat in range(repeats):
@@ -69,14 +83,14 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
             out = tempfile.mkdtemp(prefix="cvpipe-bench-")
             shutil.rmtree(out)
             started = time.perf_counter()
-            variant(out)
+            variant(str(source), out)
             seconds = time.perf_counter() - started
             record_bytes[name] = sum(p.stat().st_size for p in Path(out).glob(f"*{records.SHARD_SUFFIX}"))
             shutil.rmtree(out)
             best[name] = min(seconds, best.get(name, float("inf")))
-            logger.info("repeat %d %s: %.2f s", repeat + 1, name, seconds)
+            logger.info("%d images, repeat %d, %s: %.2f s", count, repeat + 1, name, seconds)
 
-    baseline = best["baseline: single-process loop"]
+    baseline = best[BASELINE]
     return [
         {
             "benchmark": "ingest",
@@ -90,3 +104,23 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         }
         for name, seconds in best.items()
     ]
+
+
+def _marginal(small: list[dict], large: list[dict]) -> dict:
+    """The default's seconds per extra image from the small to the large run, against the baseline's."""
+    def per_image(name: str) -> float:
+        [a] = [r for r in small if r["variant"] == name]
+        [b] = [r for r in large if r["variant"] == name]
+        return (b["seconds"] - a["seconds"]) / (b["images"] - a["images"])
+
+    beam, baseline = per_image(DEFAULT), per_image(BASELINE)
+    [first] = [r for r in small if r["variant"] == DEFAULT]
+    return {
+        "benchmark": "ingest",
+        "variant": DEFAULT + ", marginal rate",
+        "images": large[0]["images"] - small[0]["images"],
+        "images_per_s": round(1 / beam, 1),
+        "vs_baseline": round(baseline / beam, 2),
+        "note": f"time per extra image from {small[0]['images']} to {large[0]['images']} images: the job's fixed "
+                f"start and finish excluded (about {first['seconds'] - beam * first['images']:.2f} s)",
+    }

@@ -119,6 +119,7 @@ class CheckImages(_ThreadedDoFn):
     def setup(self) -> None:
         super().setup()
         self._seen = 0
+        self._checked_ok = beam.metrics.Metrics.counter("ingest", "checked_ok")  # rejections are rare
 
     def process(self, image: InputImage, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
         yield from self._submit(image, timestamp, window)
@@ -138,7 +139,7 @@ class CheckImages(_ThreadedDoFn):
             beam.metrics.Metrics.counter("ingest", f"rejected_{result.reason.value}").inc()
             yield TaggedOutput(REJECTED, item.with_value(Rejection(image.uri, result.reason, result.detail)))
         else:
-            beam.metrics.Metrics.counter("ingest", "checked_ok").inc()
+            self._checked_ok.inc()
             yield item.with_value((result.sha256, Candidate(image, result)))
 
 
