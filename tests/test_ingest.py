@@ -8,14 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from components import dataset, records
+from components.cli import beam_options, beam_pipeline
+from components.ingest.images import check_image, normalized_pixels
+from components.ingest.pipeline import REJECTED, Accepted, Candidate, WriteShard
 from components.ingest.run import IngestError, run_ingest
-from components.ingest.images import normalized_pixels
+from components.ingest.sources import InputImage
 from conftest import CLASSES, make_config, write_class_tree
 from image_files import write_plain
 
@@ -248,3 +253,24 @@ def test_reader_refuses_an_unfinished_output(tmp_path):
     (tmp_path / "train-00000-of-00001.tfrecord.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="not a finished ingest"):
         dataset.read_split(str(tmp_path), "train")
+
+
+def test_a_file_changed_after_its_check_is_rejected_not_written(tmp_path):
+    # The shard writer reads each kept file again: a file rewritten in between must not be written.
+    config = make_config().ingest
+    stable, changed = write_plain(tmp_path / "stable.png", seed=1), write_plain(tmp_path / "changed.png", seed=2)
+    accepted = [Accepted("train", Candidate(InputImage(str(path), "cat"), check_image(path.read_bytes(), config)))
+                for path in (stable, changed)]
+    write_plain(changed, seed=3)  # new content after the check
+    (tmp_path / "out").mkdir()
+    with beam_pipeline(beam_options(make_config(), None, [])) as pipeline:
+        written = (
+            pipeline
+            | beam.Create([(("train", 0), accepted)])
+            | beam.ParDo(WriteShard(str(tmp_path / "out"), config, {"cat": 0}), {"train": 1})
+            .with_outputs(REJECTED, main="summaries")
+        )
+        assert_that(written.summaries | beam.Map(lambda s: (s.file, s.records)),
+                    equal_to([("train-00000-of-00001.tfrecord.gz", 1)]), label="OneRecord")
+        assert_that(written[REJECTED] | beam.Map(lambda r: (r.uri, r.reason.value)),
+                    equal_to([(str(changed), "changed_during_ingest")]), label="ChangedRejected")

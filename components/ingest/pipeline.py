@@ -88,17 +88,21 @@ class _ThreadedDoFn(beam.DoFn):
 
     def __init__(self, config: IngestConfig):
         self._config = config
+        self._pool: Lookahead | None = None
 
-    def setup(self) -> None:
+    def start_bundle(self) -> None:
+        # A queue per bundle: nothing of a failed bundle is carried into the next one.
         threads = thread_count(self._config.threads)
         self._pool = Lookahead(self._work, threads, self._AHEAD_PER_THREAD * threads, type(self).__name__)
-
-    def teardown(self) -> None:
-        self._pool.close()
 
     def finish_bundle(self) -> Iterator:
         for item, result in self._pool.drain():
             yield from self._outputs(item, result)
+        self._pool.close()
+
+    def teardown(self) -> None:
+        if self._pool is not None:  # after a failed bundle, its threads are still up
+            self._pool.close()
 
     def _submit(self, value: object, timestamp: Timestamp, window: BoundedWindow) -> Iterator:
         for item, result in self._pool.submit(WindowedValue(value, timestamp, (window,))):
@@ -173,7 +177,7 @@ class ResolveDuplicates(beam.DoFn):
 class WriteShard(_ThreadedDoFn):
     """Writes each shard file on a thread, records sorted by content hash; emits its ShardSummary.
 
-    A file whose bytes changed since it was checked is rejected instead of written.
+    A file whose bytes changed since it was checked (size or CRC32C) is rejected instead of written.
     """
 
     def __init__(self, directory: str, config: IngestConfig, label_ids: dict[str, int]):
