@@ -14,7 +14,7 @@ import json
 import logging
 import posixpath
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from components.ingest.rejections import Reason, Rejection
 
@@ -39,7 +39,7 @@ class InputImage:
     split: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({"uri": self.uri, "label": self.label, "split": self.split})
 
     @classmethod
     def from_json(cls, line: str) -> InputImage:
