@@ -66,7 +66,8 @@ class IngestConfig:
     # saved 0.4 % of the bytes and took 38 % more time than 0 (stored blocks, still gzip).
     compression_level: int = 0
     # Threads per Beam worker that read and check images, and read them again to write shards;
-    # 0 = one per CPU core. Decoding and hashing release the GIL; remote reads (gs://) wait on the network.
+    # 0 = one per CPU the process may use (its affinity, capped by a container's CPU quota).
+    # Decoding and hashing release the GIL; remote reads (gs://) wait on the network.
     threads: int = 0
 
     def validate(self) -> None:

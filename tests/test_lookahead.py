@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from components.ingest.lookahead import Lookahead, thread_count
+from components.ingest.lookahead import Lookahead, available_cpus, thread_count
 
 
 def test_results_come_in_input_order_whatever_the_finishing_order():
@@ -72,6 +72,22 @@ def test_an_error_is_raised_when_its_item_is_due():
         pool.close()
 
 
-def test_zero_threads_means_one_per_core(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 6)
-    assert thread_count(0) == 6 and thread_count(3) == 3
+def test_zero_threads_means_one_per_usable_cpu(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert thread_count(3) == 3
+    assert thread_count(0) == min(6, available_cpus())
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs -> 2 threads
+    ({"cpu.max": "max 100000\n"}, 6),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 6),
+    ({}, 6),
+])
+def test_a_containers_cpu_quota_caps_the_threads(tmp_path, monkeypatch, files, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert available_cpus(tmp_path) == expected

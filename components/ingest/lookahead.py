@@ -9,8 +9,10 @@ overlaps the waits of remote reads (gs://).
 from __future__ import annotations
 
 import collections
+import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 Item = TypeVar("Item")
@@ -18,8 +20,33 @@ Result = TypeVar("Result")
 
 
 def thread_count(configured: int) -> int:
-    """`configured` threads, or one per CPU core when it is 0."""
-    return configured or os.cpu_count() or 1
+    """`configured` threads, or one per CPU this process may use when it is 0."""
+    return configured or available_cpus()
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a container's CPU quota.
+
+    `os.cpu_count()` is the host's count: a pod limited to 2 CPUs on a 64-core node would run 64
+    decoding threads, each holding a decoded image.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cpu_quota(cgroup_root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`; None without a quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        return quota / int((root / "cpu" / "cpu.cfs_period_us").read_text()) if quota > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class Lookahead(Generic[Item, Result]):
