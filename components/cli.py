@@ -8,7 +8,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from components.config import Config, ConfigError, load_config
+from components.config import DIRECT_RUNNING_MODES, Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Set by a pipeline run: stage runs are tracked as children of this MLflow run.
 PARENT_RUN_ENV = "CVPIPE_MLFLOW_PARENT_RUN_ID"
-DIRECT_RUNNERS = ("DirectRunner", "direct")
+_DIRECT_RUNNERS = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner")
 
 
 # The DirectRunner relays each worker log line as one INFO line of protobuf text on this logger.
@@ -86,23 +86,35 @@ def beam_options(config: Config, runner: str | None, extra_args: Sequence[str],
                  direct_running_mode: str = "multi_processing"):
     """Pipeline options: the config's runner and options, then command-line Beam flags.
 
-    The DirectRunner runs in `beam.direct_running_mode`, or else in the stage's `direct_running_mode`,
-    with `beam.direct_num_workers` workers (one in memory); any other runner receives its flags
-    (`--project`, `--region`, `--flink_master`, ...) unchanged.
+    The DirectRunner runs in `--direct_running_mode` or `beam.direct_running_mode`, or else in the
+    stage's `direct_running_mode` (multi_processing when only a worker count above one is given),
+    with `--direct_num_workers`, or one worker in memory and `beam.direct_num_workers` otherwise. Any
+    other runner receives its flags (`--project`, `--region`, `--flink_master`, ...) unchanged.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     runner = runner or config.beam.runner
     flags = [f"--runner={runner}", *config.beam.options, *extra_args]
-    if runner in DIRECT_RUNNERS:
-        given = argparse.ArgumentParser(add_help=False)
-        given.add_argument("--direct_running_mode")
+    if is_direct_runner(runner):
+        given = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)  # as Beam parses
+        given.add_argument("--direct_running_mode", choices=DIRECT_RUNNING_MODES)
         given.add_argument("--direct_num_workers", type=int)
-        flag, _ = given.parse_known_args(flags)
-        mode = flag.direct_running_mode or config.beam.direct_running_mode or direct_running_mode
-        workers = flag.direct_num_workers or (1 if mode == "in_memory" else config.beam.direct_num_workers)
+        try:
+            flag, _ = given.parse_known_args(flags)
+        except argparse.ArgumentError as e:
+            raise ConfigError(f"Beam option {e}") from None
+        mode = (flag.direct_running_mode or config.beam.direct_running_mode
+                or ("multi_processing" if (flag.direct_num_workers or 1) > 1 else direct_running_mode))
+        workers = flag.direct_num_workers
+        if workers is None:
+            workers = 1 if mode == "in_memory" else config.beam.direct_num_workers
         flags += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     return PipelineOptions(flags)
+
+
+def is_direct_runner(runner: str) -> bool:
+    """Whether Beam resolves the runner name `runner` to its DirectRunner."""
+    return runner.lower() in _DIRECT_RUNNERS
 
 
 def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -119,7 +131,7 @@ def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    if options.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
+    if not is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner"):
         return beam.Pipeline(options=options)
     # What the DirectRunner hands the FnApiRunner: workers read the pipeline options from it.
     provision_info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(

@@ -58,6 +58,16 @@ def test_direct_runner_mode_is_the_stages_unless_the_config_or_a_flag_says_other
     assert direct_options([], ["--direct_running_mode", "in_memory"], "multi_processing") == ("in_memory", 1)
     assert direct_options(["beam.direct_num_workers=3"], ["--direct_running_mode=multi_processing"],
                           "in_memory") == ("multi_processing", 3)
+    assert direct_options([], ["--direct_num_workers", "3"], "in_memory") == ("multi_processing", 3)
+    assert direct_options([], ["--direct_num_workers=0", "--direct_running_mode=multi_processing"],
+                          "in_memory") == ("multi_processing", 0)  # Beam's "one per CPU"
+    assert direct_options([], ["--direct_num=3"], "in_memory") == ("in_memory", 1)  # Beam takes no abbreviations
+
+
+@pytest.mark.parametrize("flag", ["--direct_num_workers=x", "--direct_running_mode=fast"])
+def test_a_bad_direct_runner_flag_is_a_config_error(flag):
+    with pytest.raises(ConfigError, match=flag.split("=")[0]):
+        beam_options(load_config(), None, [flag])
 
 
 def test_the_direct_runner_runs_on_the_fn_api_runner_without_trying_prism():

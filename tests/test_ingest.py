@@ -249,6 +249,11 @@ def test_existing_output_needs_overwrite(csv_images, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
 
 
+def test_an_output_path_with_glob_characters_works(csv_images, tmp_path):
+    result = run_ingest(str(csv_images / "img"), str(tmp_path / "out[1]*"), make_config())
+    assert result.stats["accepted"] > 0 and Path(result.output, "manifest.json").exists()
+
+
 def test_reader_refuses_an_unfinished_output(tmp_path):
     (tmp_path / "train-00000-of-00001.tfrecord.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="not a finished ingest"):

@@ -13,6 +13,7 @@ driver to reconcile; it reads the images from `_inputs.jsonl`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -90,10 +91,12 @@ class _ThreadedDoFn(beam.DoFn):
         self._config = config
         self._pool: Lookahead | None = None
 
+    def setup(self) -> None:
+        self._threads = thread_count(self._config.threads)
+
     def start_bundle(self) -> None:
         # A queue per bundle: nothing of a failed bundle is carried into the next one.
-        threads = thread_count(self._config.threads)
-        self._pool = Lookahead(self._work, threads, self._AHEAD_PER_THREAD * threads, type(self).__name__)
+        self._pool = Lookahead(self._work, self._threads, self._AHEAD_PER_THREAD * self._threads, type(self).__name__)
 
     def finish_bundle(self) -> Iterator:
         for item, result in self._pool.drain():
@@ -131,8 +134,8 @@ class CheckImages(_ThreadedDoFn):
     def _work(self, item: WindowedValue) -> CheckedImage | ImageRejected:
         try:
             return check_image(read_file(item.value.uri, self._config.max_file_bytes), self._config)
-        except ImageRejected as rejected:
-            return rejected
+        except ImageRejected as rejected:  # a fresh one: the raised one's traceback holds the file and image
+            return ImageRejected(rejected.reason, rejected.detail)
 
     def _outputs(self, item: WindowedValue, result: CheckedImage | ImageRejected) -> Iterator:
         image: InputImage = item.value
@@ -236,15 +239,15 @@ def build_pipeline(
     """Adds the ingest transforms to `pipeline`, writing shards and reports into `output_dir`.
 
     The images travel to the workers as a file, `INPUTS_FILE` in `output_dir`, written here: a
-    Create of every image would embed them in the job graph (Dataflow caps it at 10 MB) and start
-    its reading only after pickling them all.
+    Create of every image would embed them in the job graph (Dataflow caps it at 10 MB) and
+    pickle them all before the first check.
     """
     inputs_file = posixpath.join(output_dir, INPUTS_FILE)
     _write_text(inputs_file, "".join(image.to_json() + "\n" for image in images))
     checked = (
         pipeline
-        | "ReadListing" >> beam.io.ReadFromText(inputs_file)
-        | "ListedImages" >> beam.Map(InputImage.from_json)
+        | "ListingFile" >> beam.Create([inputs_file])
+        | "ListedImages" >> beam.FlatMap(_read_listing)  # not ReadFromText: a path is no glob pattern
         | "SpreadImages" >> beam.Reshuffle()  # a small file is one bundle: spread the checks over workers
         | "CheckImages" >> beam.ParDo(CheckImages(config)).with_outputs(REJECTED, main="ok")
     )
@@ -315,6 +318,12 @@ def read_file(uri: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ImageRejected(Reason.TOO_LARGE, f"more than ingest.max_file_bytes={max_bytes} bytes")
     return data
+
+
+def _read_listing(path: str) -> Iterator[InputImage]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for line in io.TextIOWrapper(f, encoding="utf-8"):
+            yield InputImage.from_json(line)
 
 
 def _read_at_most(stream: BinaryIO, size: int) -> bytes:
