@@ -124,6 +124,8 @@ def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
     DirectRunner first tries Prism, a binary it downloads from GitHub at run time, and falls back
     to the FnApiRunner when that fails. Prism would ignore `--direct_running_mode`; offline, the
     download attempt costs time or hangs on a firewall that drops packets.
+
+    In-process bundles also get a shorter state-sampling period (`_shorten_state_sampling`).
     """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import StandardOptions
@@ -133,10 +135,30 @@ def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
     if not is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner"):
         return beam.Pipeline(options=options)
+    _shorten_state_sampling()
     # What the DirectRunner hands the FnApiRunner: workers read the pipeline options from it.
     provision_info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
         pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options())))
     return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision_info), options=options)
+
+
+# Beam's SDK worker ends every bundle by joining its state-sampler thread, which sleeps up to 200 ms
+# between samples (statesampler.DEFAULT_SAMPLING_PERIOD_MS, with no option to change it): a long
+# bundle waits 0-200 ms for nothing. An ingest run of 3,000 images lost 0.14-0.2 s to it here.
+# The sampler's thread runs without the GIL; waking every 20 ms costs nothing measurable.
+EMBEDDED_SAMPLING_PERIOD_MS = 20
+
+
+def _shorten_state_sampling() -> None:
+    """Makes the state samplers of bundles processed in this process tick every EMBEDDED_SAMPLING_PERIOD_MS."""
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
+        init.__defaults__ = (EMBEDDED_SAMPLING_PERIOD_MS,)
+    elif init.__defaults__ != (EMBEDDED_SAMPLING_PERIOD_MS,):
+        logging.getLogger(__name__).warning(
+            "Beam's StateSampler changed (defaults %s): bundles may end up to 200 ms late", init.__defaults__)
 
 
 def run_stage(stage: str, action: Callable[[], str | None], config: Config,

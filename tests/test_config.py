@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.cli import beam_options, beam_pipeline
+from components.cli import EMBEDDED_SAMPLING_PERIOD_MS, beam_options, beam_pipeline
 from components.config import ConfigError, load_config
 
 
@@ -76,3 +76,12 @@ def test_the_direct_runner_runs_on_the_fn_api_runner_without_trying_prism():
 
     assert isinstance(beam_pipeline(beam_options(load_config(), None, [])).runner, FnApiRunner)
     assert type(beam_pipeline(beam_options(load_config(), "SparkRunner", [])).runner).__name__ == "SparkRunner"
+
+
+def test_in_process_bundles_sample_their_state_often_enough_not_to_wait_on_the_sampler():
+    # Beam's bundles end by joining a sampler thread that sleeps up to 200 ms between samples.
+    from apache_beam.runners.worker.statesampler import StateSampler
+    from apache_beam.utils.counters import CounterFactory
+
+    beam_pipeline(beam_options(load_config(), None, []))
+    assert StateSampler("stage", CounterFactory()).sampling_period_ms == EMBEDDED_SAMPLING_PERIOD_MS < 200

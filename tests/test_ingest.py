@@ -204,6 +204,19 @@ def test_splits_are_stable_when_data_grows_and_output_is_identical_across_runner
     assert splits.count("train") > 0.6 * len(splits) and splits.count("test") > 0
 
 
+def test_shards_are_the_same_whatever_the_number_of_threads(tmp_path, csv_images):
+    # Records are checked and prepared on threads, and written in content-hash order all the same.
+    outputs = [
+        run_ingest(str(csv_images / "img"), str(tmp_path / f"threads-{threads}"),
+                   make_config("ingest.target_shard_bytes=40000", f"ingest.threads={threads}")).output
+        for threads in (1, 3)
+    ]
+    shards = sorted(p.name for p in Path(outputs[0]).glob("*.tfrecord.gz"))
+    assert len(shards) > 2 and shards == sorted(p.name for p in Path(outputs[1]).glob("*.tfrecord.gz"))
+    for name in shards:
+        assert Path(outputs[0], name).read_bytes() == Path(outputs[1], name).read_bytes(), name
+
+
 def test_shards_follow_the_target_size(tmp_path, csv_images):
     result = run_ingest(str(csv_images / "img"), str(tmp_path / "out"), make_config("ingest.target_shard_bytes=40000"))
     names = sorted(p.name for p in Path(result.output).glob("*.tfrecord.gz"))
