@@ -83,11 +83,8 @@ class TFRecordWriter:
         self._stream = gzip.GzipFile(filename="", mode="wb", fileobj=fileobj, compresslevel=compression_level, mtime=0)
 
     def write(self, record: bytes) -> None:
-        self.write_framed(frame(record))
-
-    def write_framed(self, framed: bytes) -> None:
-        """Writes a record already in TFRecord framing (`frame`), e.g. framed on another thread."""
-        self._stream.write(framed)
+        length = struct.pack("<Q", len(record))
+        self._stream.write(b"".join((length, _masked_crc(length), record, _masked_crc(record))))
 
     def close(self) -> None:
         self._stream.close()
@@ -97,12 +94,6 @@ class TFRecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def frame(record: bytes) -> bytes:
-    """A record in TFRecord framing: its length, the length's masked CRC32C, the record, its masked CRC32C."""
-    length = struct.pack("<Q", len(record))
-    return b"".join((length, _masked_crc(length), record, _masked_crc(record)))
 
 
 def _masked_crc(data: bytes) -> bytes:

@@ -205,7 +205,7 @@ def test_splits_are_stable_when_data_grows_and_output_is_identical_across_runner
 
 
 def test_shards_are_the_same_whatever_the_number_of_threads(tmp_path, csv_images):
-    # Records are checked and prepared on threads, and written in content-hash order all the same.
+    # Images are checked and shards written on threads; records are in content-hash order all the same.
     outputs = [
         run_ingest(str(csv_images / "img"), str(tmp_path / f"threads-{threads}"),
                    make_config("ingest.target_shard_bytes=40000", f"ingest.threads={threads}")).output

@@ -13,7 +13,7 @@ import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -74,22 +74,10 @@ class Lookahead(Generic[Item, Result]):
         while self._pending:
             yield self._next()
 
-    def map(self, items: Iterable[Item]) -> Iterator[tuple[Item, Result]]:
-        """Submits every item in turn; yields the (item, result) pairs of all of them, in order."""
-        for item in items:
-            yield from self.submit(item)
-        yield from self.drain()
-
     def close(self) -> None:
         """Stops the threads; items not yet started are dropped."""
         self._pending.clear()
         self._pool.shutdown(cancel_futures=True)
-
-    def __enter__(self) -> "Lookahead[Item, Result]":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _next(self) -> tuple[Item, Result]:
         item, future = self._pending.popleft()

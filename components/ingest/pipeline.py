@@ -26,6 +26,8 @@ import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, AsList, TaggedOutput
+from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from components import records
@@ -69,22 +71,21 @@ class ShardSummary:
     file: str
     split: str
     records: int
-    bytes: int  # of its TFRecord stream, before gzip
+    bytes: int
     source_bytes: int
     # sha256 over the (content hash, label) lines of the shard's records, in order.
     digest: str
     classes: dict[str, int]
 
 
-class CheckImages(beam.DoFn):
-    """Reads and checks each input; emits (sha256, Candidate) or a tagged Rejection.
+class _ThreadedDoFn(beam.DoFn):
+    """A DoFn whose work runs on `ingest.threads` threads; outputs leave in input order, in the input's window.
 
-    The work runs on `ingest.threads` threads: Pillow's decoders, hashing and file I/O release the
-    GIL. Results leave in input order, each in its input's window, from `process` or, for the
-    last ones of a bundle, from `finish_bundle`.
+    Subclasses `_submit` each element from `process` and say what `_work` does on a thread and what
+    `_outputs` its result gives.
     """
 
-    _AHEAD_PER_THREAD = 4  # inputs in flight or checked per thread, waiting for their turn
+    _AHEAD_PER_THREAD = 1  # elements in flight or finished per thread, waiting for their turn
 
     def __init__(self, config: IngestConfig):
         self._config = config
@@ -92,16 +93,10 @@ class CheckImages(beam.DoFn):
 
     def setup(self) -> None:
         self._threads = thread_count(self._config.threads)
-        self._seen = 0
-        self._checked_ok = beam.metrics.Metrics.counter("ingest", "checked_ok")  # rejections are rare
 
     def start_bundle(self) -> None:
         # A queue per bundle: nothing of a failed bundle is carried into the next one.
-        self._pool = Lookahead(self._check, self._threads, self._AHEAD_PER_THREAD * self._threads, "CheckImages")
-
-    def process(self, image: InputImage, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
-        for item, result in self._pool.submit(WindowedValue(image, timestamp, (window,))):
-            yield from self._outputs(item, result)
+        self._pool = Lookahead(self._work, self._threads, self._AHEAD_PER_THREAD * self._threads, type(self).__name__)
 
     def finish_bundle(self) -> Iterator:
         for item, result in self._pool.drain():
@@ -112,13 +107,37 @@ class CheckImages(beam.DoFn):
         if self._pool is not None:  # after a failed bundle, its threads are still up
             self._pool.close()
 
-    def _check(self, item: WindowedValue) -> CheckedImage | ImageRejected:
+    def _submit(self, value: object, timestamp: Timestamp, window: BoundedWindow) -> Iterator:
+        for item, result in self._pool.submit(WindowedValue(value, timestamp, (window,))):
+            yield from self._outputs(item, result)
+
+    def _work(self, item: WindowedValue) -> object:
+        raise NotImplementedError
+
+    def _outputs(self, item: WindowedValue, result: object) -> Iterator[WindowedValue | TaggedOutput]:
+        raise NotImplementedError
+
+
+class CheckImages(_ThreadedDoFn):
+    """Reads and checks each input on a thread; emits (sha256, Candidate) or a tagged Rejection."""
+
+    _AHEAD_PER_THREAD = 4
+
+    def setup(self) -> None:
+        super().setup()
+        self._seen = 0
+        self._checked_ok = beam.metrics.Metrics.counter("ingest", "checked_ok")  # rejections are rare
+
+    def process(self, image: InputImage, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
+        yield from self._submit(image, timestamp, window)
+
+    def _work(self, item: WindowedValue) -> CheckedImage | ImageRejected:
         try:
             return check_image(read_file(item.value.uri, self._config.max_file_bytes), self._config)
         except ImageRejected as rejected:  # a fresh one: the raised one's traceback holds the file and image
             return ImageRejected(rejected.reason, rejected.detail)
 
-    def _outputs(self, item: WindowedValue, result: CheckedImage | ImageRejected) -> Iterator[WindowedValue]:
+    def _outputs(self, item: WindowedValue, result: CheckedImage | ImageRejected) -> Iterator:
         image: InputImage = item.value
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
@@ -158,57 +177,55 @@ class ResolveDuplicates(beam.DoFn):
         yield Accepted(kept.image.split or assign_split(sha, self._splits), kept)
 
 
-class WriteShard(beam.DoFn):
-    """Writes each shard file, records sorted by content hash; emits its ShardSummary.
+class WriteShard(_ThreadedDoFn):
+    """Writes each shard file on a thread, records sorted by content hash; emits its ShardSummary.
 
-    Its records are prepared (the file read again, encoded and framed) on `ingest.threads` threads
-    and appended in order, so one shard uses every core. A file whose bytes changed since it was
-    checked (size or CRC32C) is rejected instead of written.
+    A file whose bytes changed since it was checked (size or CRC32C) is rejected instead of written.
     """
 
-    _AHEAD_PER_THREAD = 4  # records in flight or prepared per thread, waiting for their turn
-
     def __init__(self, directory: str, config: IngestConfig, label_ids: dict[str, int]):
+        super().__init__(config)
         self._directory = directory
-        self._config = config
         self._label_ids = label_ids
 
-    def setup(self) -> None:
-        self._threads = thread_count(self._config.threads)
-
-    def process(self, element: tuple[tuple[str, int], Iterable[Accepted]], num_shards: dict[str, int]) -> Iterator:
+    def process(self, element: tuple[tuple[str, int], Iterable[Accepted]], num_shards: dict[str, int],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
         (split, index), group = element
-        name = records.shard_name(split, index, num_shards[split])
-        ordered = sorted((a.candidate for a in group), key=lambda c: c.checked.sha256)
-        digest, classes, written, source_bytes = hashlib.sha256(), {}, 0, 0
-        with Lookahead(self._record, self._threads, self._AHEAD_PER_THREAD * self._threads, "WriteShard") as prepared, \
-                FileSystems.create(posixpath.join(self._directory, name),
-                                   compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
+        shard = (records.shard_name(split, index, num_shards[split]), split,
+                 sorted(group, key=lambda a: a.candidate.checked.sha256))
+        yield from self._submit(shard, timestamp, window)
+
+    def _work(self, item: WindowedValue) -> tuple[ShardSummary, list[Rejection]]:
+        name, split, ordered = item.value
+        digest, classes, written, source_bytes, rejections = hashlib.sha256(), {}, 0, 0, []
+        with FileSystems.create(posixpath.join(self._directory, name),
+                                compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
                 records.TFRecordWriter(raw, self._config.compression_level) as writer:
-            for candidate, framed in prepared.map(ordered):
-                if isinstance(framed, Rejection):
-                    yield TaggedOutput(REJECTED, framed)
+            for accepted in ordered:
+                image, checked = accepted.candidate.image, accepted.candidate.checked
+                try:
+                    data = read_file(image.uri, self._config.max_file_bytes)
+                    if len(data) != checked.source_bytes or google_crc32c.value(data) != checked.crc32c:
+                        raise ImageRejected(Reason.CHANGED, "content changed after it was checked; run ingest again")
+                except ImageRejected as rejected:
+                    rejections.append(Rejection(image.uri, rejected.reason, rejected.detail))
                     continue
-                image, checked = candidate.image, candidate.checked
-                writer.write_framed(framed)
-                written += len(framed)
+                record = serialize_record(image, checked, stored_bytes(data, checked), self._label_ids[image.label])
+                writer.write(record)
+                written += len(record)
                 source_bytes += checked.source_bytes
                 digest.update(f"{checked.sha256}\t{image.label}\n".encode())
                 classes[image.label] = classes.get(image.label, 0) + 1
         count = sum(classes.values())
         logger.info("wrote %s (%d records)", name, count)
-        yield ShardSummary(name, split, count, written, source_bytes, digest.hexdigest(), dict(sorted(classes.items())))
+        summary = ShardSummary(name, split, count, written, source_bytes, digest.hexdigest(), dict(sorted(classes.items())))
+        return summary, rejections
 
-    def _record(self, candidate: Candidate) -> bytes | Rejection:
-        image, checked = candidate.image, candidate.checked
-        try:
-            data = read_file(image.uri, self._config.max_file_bytes)
-            if len(data) != checked.source_bytes or google_crc32c.value(data) != checked.crc32c:
-                raise ImageRejected(Reason.CHANGED, "content changed after it was checked; run ingest again")
-        except ImageRejected as rejected:
-            return Rejection(image.uri, rejected.reason, rejected.detail)
-        return records.frame(
-            serialize_record(image, checked, stored_bytes(data, checked), self._label_ids[image.label]))
+    def _outputs(self, item: WindowedValue, result: tuple[ShardSummary, list[Rejection]]) -> Iterator:
+        summary, rejections = result
+        yield item.with_value(summary)
+        for rejection in rejections:
+            yield TaggedOutput(REJECTED, item.with_value(rejection))
 
 
 def build_pipeline(
