@@ -117,6 +117,14 @@ def is_direct_runner(runner: str) -> bool:
     return runner.lower() in _DIRECT_RUNNERS
 
 
+def runs_on_one_worker(options: PipelineOptions) -> bool:
+    """Whether the pipeline runs on a single DirectRunner worker: a reshuffle has nothing to spread work over."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    return (is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner")
+            and options.view_as(DirectOptions).direct_num_workers == 1)
+
+
 def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A Beam pipeline with `options` (see `beam_options`).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.cli import EMBEDDED_SAMPLING_PERIOD_MS, beam_options, beam_pipeline
+from components.cli import EMBEDDED_SAMPLING_PERIOD_MS, beam_options, beam_pipeline, runs_on_one_worker
 from components.config import ConfigError, load_config
 
 
@@ -76,6 +76,17 @@ def test_the_direct_runner_runs_on_the_fn_api_runner_without_trying_prism():
 
     assert isinstance(beam_pipeline(beam_options(load_config(), None, [])).runner, FnApiRunner)
     assert type(beam_pipeline(beam_options(load_config(), "SparkRunner", [])).runner).__name__ == "SparkRunner"
+
+
+@pytest.mark.parametrize(("runner", "flags", "stage_mode", "one"), [
+    (None, [], "in_memory", True),
+    (None, [], "multi_processing", False),
+    (None, ["--direct_num_workers=1"], "multi_processing", True),
+    (None, ["--direct_running_mode=multi_threading"], "in_memory", False),
+    ("DataflowRunner", [], "in_memory", False),
+])
+def test_a_single_direct_runner_worker_is_recognised(runner, flags, stage_mode, one):
+    assert runs_on_one_worker(beam_options(load_config(), runner, flags, stage_mode)) is one
 
 
 def test_in_process_bundles_sample_their_state_often_enough_not_to_wait_on_the_sampler():

@@ -235,22 +235,26 @@ def build_pipeline(
     label_ids: dict[str, int],
     config: IngestConfig,
     output_dir: str,
+    spread_checks: bool = True,
 ) -> None:
     """Adds the ingest transforms to `pipeline`, writing shards and reports into `output_dir`.
 
     The images travel to the workers as a file, `INPUTS_FILE` in `output_dir`, written here: a
     Create of every image would embed them in the job graph (Dataflow caps it at 10 MB) and
-    pickle them all before the first check.
+    pickle them all before the first check. The file is read as one bundle; `spread_checks`
+    reshuffles its images over the workers, which a single worker can do without: it then checks
+    each image as it is read.
     """
     inputs_file = posixpath.join(output_dir, INPUTS_FILE)
     _write_text(inputs_file, "".join(image.to_json() + "\n" for image in images))
-    checked = (
+    listed = (
         pipeline
         | "ListingFile" >> beam.Create([inputs_file])
         | "ListedImages" >> beam.FlatMap(_read_listing)  # not ReadFromText: a path is no glob pattern
-        | "SpreadImages" >> beam.Reshuffle()  # a small file is one bundle: spread the checks over workers
-        | "CheckImages" >> beam.ParDo(CheckImages(config)).with_outputs(REJECTED, main="ok")
     )
+    if spread_checks:
+        listed |= "SpreadImages" >> beam.Reshuffle()
+    checked = listed | "CheckImages" >> beam.ParDo(CheckImages(config)).with_outputs(REJECTED, main="ok")
     resolved = (
         checked.ok
         | "GroupByContent" >> beam.GroupByKey()

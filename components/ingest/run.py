@@ -14,13 +14,15 @@ Everything is written to `<output>.tmp-<id>` and renamed into place at the end
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import tensorflow as tf
 
@@ -58,7 +60,7 @@ def run_ingest(
     overwrite: bool = False,
 ) -> IngestResult:
     """Runs the ingest Beam pipeline and moves its complete output to `output`."""
-    from components.cli import beam_options, beam_pipeline
+    from components.cli import beam_options, beam_pipeline, runs_on_one_worker
 
     started = time.monotonic()
     inputs = list_inputs(input_path)
@@ -74,9 +76,10 @@ def run_ingest(
 
     with staged_output(output, overwrite, keep_on=(IngestError,)) as work_dir:
         logger.info("Ingesting %d images into %s (working in %s)", len(images), output, work_dir)
-        with beam_pipeline(beam_options(config, runner, beam_args, direct_running_mode="in_memory")) as pipeline:
+        options = beam_options(config, runner, beam_args, direct_running_mode="in_memory")
+        with _untracked_by_gc(), beam_pipeline(options) as pipeline:
             build_pipeline(pipeline, images, rejections, {label: i for i, label in enumerate(vocabulary)},
-                           config.ingest, work_dir)
+                           config.ingest, work_dir, spread_checks=not runs_on_one_worker(options))
         stats, fingerprint = _reconcile(work_dir, inputs.count, vocabulary)
         stats["seconds"] = round(time.monotonic() - started, 2)
         stats["images_per_second"] = round(inputs.count / stats["seconds"], 1)
@@ -102,6 +105,25 @@ def run_ingest(
         stats["bytes_ratio"],
     )
     return IngestResult(output.rstrip("/"), stats, fingerprint)
+
+
+@contextlib.contextmanager
+def _untracked_by_gc() -> Iterator[None]:
+    """Hides the objects alive now from Python's cyclic garbage collector until the block ends.
+
+    With TensorFlow and Beam imported, about 500,000 objects are tracked: a full collection takes
+    0.27 s here, and the job's allocations can trigger one mid-run (one 3,000-image ingest in
+    three, here). Frozen, they are not scanned; cycles among them are collected after the job.
+    A process that froze objects itself (before forking, say) keeps them as they are.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _reconcile(work_dir: str, inputs: int, vocabulary: list[str]) -> tuple[dict[str, Any], str]:
