@@ -161,12 +161,16 @@ def _shorten_state_sampling() -> None:
     """Makes the state samplers of bundles processed in this process tick every EMBEDDED_SAMPLING_PERIOD_MS."""
     from apache_beam.runners.worker import statesampler
 
-    init = statesampler.StateSampler.__init__
-    if init.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
-        init.__defaults__ = (EMBEDDED_SAMPLING_PERIOD_MS,)
-    elif init.__defaults__ != (EMBEDDED_SAMPLING_PERIOD_MS,):
+    try:
+        init = statesampler.StateSampler.__init__
+        if init.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
+            init.__defaults__ = (EMBEDDED_SAMPLING_PERIOD_MS,)
+        patched = init.__defaults__ == (EMBEDDED_SAMPLING_PERIOD_MS,)
+    except (AttributeError, TypeError):  # a Beam whose sampler is built otherwise
+        patched = False
+    if not patched:
         logging.getLogger(__name__).warning(
-            "Beam's StateSampler changed (defaults %s): bundles may end up to 200 ms late", init.__defaults__)
+            "Beam's StateSampler is not as expected: in-process bundles may end up to a sampling period late")
 
 
 def run_stage(stage: str, action: Callable[[], str | None], config: Config,

@@ -18,8 +18,9 @@ from PIL import Image
 
 from components import dataset, records
 from components.cli import beam_options, beam_pipeline
+from components.ingest import run as ingest_run
 from components.ingest.images import check_image, normalized_pixels
-from components.ingest.pipeline import REJECTED, Accepted, Candidate, WriteShard
+from components.ingest.pipeline import REJECTED, Accepted, Candidate, WriteShard, build_pipeline
 from components.ingest.run import IngestError, _untracked_by_gc, run_ingest
 from components.ingest.sources import InputImage
 from conftest import CLASSES, make_config, write_class_tree
@@ -218,13 +219,27 @@ def test_shards_are_the_same_whatever_the_number_of_threads(tmp_path, csv_images
         assert Path(outputs[0], name).read_bytes() == Path(outputs[1], name).read_bytes(), name
 
 
-def test_the_job_runs_with_older_objects_hidden_from_the_garbage_collector():
+def test_one_worker_checks_as_it_reads_with_older_objects_hidden_from_the_garbage_collector(
+        tmp_path, csv_images, monkeypatch):
     # A full collection scans TensorFlow's and Beam's ~500,000 objects: 0.27 s in the middle of a job.
+    built = {}
+
+    def build_and_note(*args, **kwargs):
+        built.update(frozen=gc.get_freeze_count(), spread_checks=kwargs["spread_checks"])
+        return build_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_run, "build_pipeline", build_and_note)
     assert gc.get_freeze_count() == 0
-    with _untracked_by_gc():
-        assert gc.get_freeze_count() > 100_000
+    run_ingest(str(csv_images / "img"), str(tmp_path / "one"), make_config())
+    assert built["spread_checks"] is False and built["frozen"] > 100_000
     assert gc.get_freeze_count() == 0
-    gc.freeze()  # a process that froze objects itself (before forking, say) keeps them frozen
+    run_ingest(str(csv_images / "img"), str(tmp_path / "two"), make_config(
+        "beam.direct_running_mode=multi_threading", "beam.direct_num_workers=2"))
+    assert built["spread_checks"] is True
+
+
+def test_a_process_that_froze_objects_itself_keeps_them_frozen():
+    gc.freeze()  # before forking, say
     try:
         frozen = gc.get_freeze_count()
         with _untracked_by_gc():

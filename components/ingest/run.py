@@ -113,7 +113,7 @@ def _untracked_by_gc() -> Iterator[None]:
 
     With TensorFlow and Beam imported, about 500,000 objects are tracked: a full collection takes
     0.27 s here, and the job's allocations can trigger one mid-run (one 3,000-image ingest in
-    three, here). Frozen, they are not scanned; cycles among them are collected after the job.
+    three, here). Frozen, they are not scanned; cycles among them are collected by the first full collection after the job.
     A process that froze objects itself (before forking, say) keeps them as they are.
     """
     if gc.get_freeze_count():
