@@ -117,12 +117,17 @@ def is_direct_runner(runner: str) -> bool:
     return runner.lower() in _DIRECT_RUNNERS
 
 
+def _uses_direct_runner(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner")
+
+
 def runs_on_one_worker(options: PipelineOptions) -> bool:
     """Whether the pipeline runs on a single DirectRunner worker: a reshuffle has nothing to spread work over."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions
 
-    return (is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner")
-            and options.view_as(DirectOptions).direct_num_workers == 1)
+    return _uses_direct_runner(options) and options.view_as(DirectOptions).direct_num_workers == 1
 
 
 def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -136,12 +141,11 @@ def beam_pipeline(options: PipelineOptions) -> beam.Pipeline:
     In-process bundles also get a shorter state-sampling period (`_shorten_state_sampling`).
     """
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    if not is_direct_runner(options.view_as(StandardOptions).runner or "DirectRunner"):
+    if not _uses_direct_runner(options):
         return beam.Pipeline(options=options)
     _shorten_state_sampling()
     # What the DirectRunner hands the FnApiRunner: workers read the pipeline options from it.
