@@ -6,6 +6,8 @@ The same `ServingError` becomes a gRPC status (`grpc.StatusCode`), an HTTP statu
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import status_pb2
@@ -31,12 +33,19 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# Messages are cut here: gRPC clients refuse status metadata over 8 KiB, and no one reads more.
+MAX_MESSAGE_CHARS = 2000
+# TensorFlow's additions to an op's own message: the node, the function, the Python stack that built it.
+_TF_NOISE = re.compile(r"\s*\[\[\{\{node [^}]*\}\}\]\]|\s*\[Op:[^\]]*\]|\s*\(defined at [^)]*\)")
 
 
 class ServingError(Exception):
     """A failed request or load, with the canonical code TF Serving would return."""
 
     def __init__(self, code: grpc.StatusCode, message: str):
+        message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate as \\ud800
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}...({len(message) - MAX_MESSAGE_CHARS} more characters)"
         super().__init__(message)
         self.code = code
         self.message = message
@@ -70,6 +79,10 @@ def failed_precondition(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
+def permission_denied(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
 def unimplemented(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.UNIMPLEMENTED, message)
 
@@ -82,9 +95,22 @@ def internal(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INTERNAL, message)
 
 
+def model_message(message: str) -> str:
+    """What a TensorFlow runtime error says about the input, without the graph's internals (`Graph execution
+    error`, `Detected at node ... defined at`, the Python stack, `[[{{node ...}}]]`, `[Op:__inference_...]`)
+    and without the data an assertion prints after its message."""
+    lines = _TF_NOISE.sub("", message).splitlines()
+    if lines and lines[0].startswith("Graph execution error"):
+        lines = [line for line in lines[1:] if line.strip() and not line[:1].isspace()
+                 and not line.startswith(("Detected at node", "<stack traces unavailable>"))]
+    text = "\n".join(lines).strip() or "the model failed on this input"
+    assertion = re.match(r"assertion failed: \[(.*?)\](?: \[|$)", text, re.DOTALL)
+    return assertion.group(1) if assertion else text
+
+
 def from_tf_error(error: tf.errors.OpError) -> ServingError:
     """A TensorFlow runtime error with its own canonical code (TF and gRPC share the numbering)."""
-    return ServingError(_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN), error.message)
+    return ServingError(_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN), model_message(error.message))
 
 
 def as_serving_error(error: BaseException) -> ServingError:

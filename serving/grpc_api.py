@@ -9,6 +9,7 @@ fields (`float_val`, ...), as TF Serving's do.
 from __future__ import annotations
 
 import functools
+import logging
 from concurrent.futures import Executor, Future
 from typing import Any, Awaitable, Callable
 
@@ -19,9 +20,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import inference
 from serving.core import RequestTimer, ServingCore, deadline, in_thread, result
-from serving.errors import as_serving_error, invalid_argument
+from serving.errors import ServingError, as_serving_error, invalid_argument
 from serving.servable import Servable
-from serving.tensors import to_ndarray, to_tensor_proto
+from serving.tensors import to_tensor_proto
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving: builder.SetMaxMessageSize(kint32max)
@@ -39,6 +42,8 @@ def _rpc(api: str) -> Callable[[Handler], Callable[[Any, Any, grpc.aio.ServicerC
                 response = await method(self, request, context, timer)
             except Exception as e:  # reported to the client, never raised in the server
                 error = as_serving_error(e)
+                if error.http_status >= 500:
+                    logger.warning("gRPC %s failed: %s", api, error, exc_info=not isinstance(e, ServingError))
                 timer.done(error)
                 await context.abort(error.code, error.message)
             timer.done()
@@ -47,25 +52,34 @@ def _rpc(api: str) -> Callable[[Handler], Callable[[Any, Any, grpc.aio.ServicerC
     return decorate
 
 
-def _spec_of(request: Any, timer: RequestTimer) -> Any:
+def _spec_of(request: Any) -> Any:
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")
-    timer.model = request.model_spec.name
-    timer.signature = inference.signature_key(request.model_spec.signature_name)
     return request.model_spec
+
+
+def _resolve(core: ServingCore, spec: Any, timer: RequestTimer, signature: str | None = "") -> Servable:
+    """The servable `spec` names; the timer counts the request under its model (and signature) from then on,
+    so names a client makes up never become metric labels."""
+    servable = core.manager.resolve(spec)
+    timer.model = servable.name
+    if signature is not None and inference.signature_key(signature) in servable.signatures:
+        timer.signature = inference.signature_key(signature)
+    return servable
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
 
-    def __init__(self, core: ServingCore, executor: Executor):
+    def __init__(self, core: ServingCore, executor: Executor, max_instances: int | None = None):
         self._core = core
         self._executor = executor
+        self._max_instances = max_instances
 
     def _prepare_predict(self, request: predict_pb2.PredictRequest, timer: RequestTimer) -> inference.PredictCall:
-        servable = self._core.manager.resolve(_spec_of(request, timer))
-        inputs = {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-        return inference.prepare_predict(servable, request.model_spec.signature_name, inputs, request.output_filter)
+        spec = _spec_of(request)
+        servable = _resolve(self._core, spec, timer, spec.signature_name)
+        return inference.prepare_predict_request(servable, request, self._max_instances)
 
     @staticmethod
     def _predict_response(call: inference.PredictCall, outputs: dict) -> predict_pb2.PredictResponse:
@@ -93,7 +107,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._predict_response(call, await result(batch, until))
 
     def _run(self, request: Any, timer: RequestTimer, run: Callable[[Servable], Any]) -> Any:
-        return run(self._core.manager.resolve(_spec_of(request, timer)))
+        spec = _spec_of(request)
+        return run(_resolve(self._core, spec, timer, spec.signature_name))
 
     @_rpc("classify")
     async def Classify(self, request, context, timer):
@@ -109,20 +124,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def MultiInference(self, request, context, timer):
         def run():
             spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-            timer.model = spec.name
-            return inference.multi_inference(self._core.manager.resolve(spec), request)
+            return inference.multi_inference(_resolve(self._core, spec, timer, None), request)
         return await result(self._executor.submit(run), deadline(context.time_remaining()))
 
     @_rpc("get_model_metadata")
     async def GetModelMetadata(self, request, context, timer):
-        spec = _spec_of(request, timer)
-        timer.signature = ""
+        spec = _spec_of(request)
         if not request.metadata_field:
             raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
                 raise invalid_argument(f"Metadata field {field} is not supported")
-        servable = self._core.manager.resolve(spec)
+        servable = _resolve(self._core, spec, timer, None)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -141,22 +154,23 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     @_rpc("get_model_status")
     async def GetModelStatus(self, request, context, timer):
-        spec = _spec_of(request, timer)
-        timer.signature = ""
-        version = spec.version.value if spec.HasField("version") else None
-        return self._core.manager.model_status(spec.name, version)
+        spec = _spec_of(request)
+        choice = spec.WhichOneof("version_choice")
+        response = self._core.manager.model_status(spec.name, spec.version.value if choice == "version" else None,
+                                                    spec.version_label if choice == "version_label" else None)
+        timer.model = spec.name
+        return response
 
     @_rpc("reload_config")
     async def HandleReloadConfigRequest(self, request, context, timer):
-        if request.config.WhichOneof("config") != "model_config_list":
-            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
-                                   "ModelConfigList is currently supported")
         await in_thread(self._executor, self._reload_config, request.config)
         return model_management_pb2.ReloadConfigResponse()
 
 
 def add_services(server: grpc.aio.Server, core: ServingCore, executor: Executor,
-                 reload_config: Callable[[model_server_config_pb2.ModelServerConfig], None]) -> None:
-    """Registers both services on `server`."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, executor), server)
+                 reload_config: Callable[[model_server_config_pb2.ModelServerConfig], None],
+                 max_instances: int | None = None) -> None:
+    """Registers both services on `server`; `reload_config` serves (or refuses) HandleReloadConfigRequest."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core, executor, max_instances), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, executor, reload_config), server)

@@ -3,26 +3,35 @@
 Validation, order of checks, status codes and messages follow tensorflow_serving/servables/tensorflow
 (predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc, util.cc). Everything here is
 synchronous and transport-free; `serving.core` adds version resolution, batching and threads.
+
+Beyond TF Serving, a Predict's inputs are checked against the SignatureDef before TensorFlow sees them
+(`check_inputs`): dtype; no more dimensions than the signature's; for a TF2 signature (traced for its
+shapes) the same rank and its known sizes, while a TF1 graph is fed as TF Serving feeds it (`[3]` or
+`[2, 2]` into half_plus_two's `x` [-1, 1], as TF Serving's own tests do); one batch size across the
+inputs with a batch dimension, and at most `max_instances` of them. A gRPC request's tensors are
+checked on their declared shapes, before they are converted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb2, model_pb2, regression_pb2)
+from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb2, model_pb2, predict_pb2,
+                                     regression_pb2)
 
 from serving.errors import failed_precondition, invalid_argument, unimplemented
 from serving.servable import Servable, Signature
-from serving.tensors import datatype_of, dtype_name
+from serving.tensors import check_tensor_proto, datatype_of, dtype_name, to_ndarray
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _EXAMPLES_INPUT, _CLASSES, _SCORES, _REGRESS_OUTPUT = "inputs", "classes", "scores", "outputs"
+_LISTED = 10  # names an error message lists before "and N more"
 
 
 def signature_key(name: str) -> str:
@@ -71,35 +80,86 @@ def predict_signature(servable: Servable, name: str) -> Signature:
     return signature
 
 
-def prepare_predict(servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
-                    output_filter: Sequence[str] = ()) -> PredictCall:
-    """Checks a Predict's inputs and output filter against the signature (predict_util.cc)."""
-    signature = predict_signature(servable, signature_name)
+def _names(names: Sequence[str]) -> str:
+    """`{a,b,c}`, at most _LISTED names (a request may send thousands)."""
+    shown = ",".join(names[:_LISTED])
+    return f"{{{shown}}}" if len(names) <= _LISTED else f"{{{shown},... and {len(names) - _LISTED} more}}"
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
+
+
+def check_input_names(signature: Signature, names: Collection[str]) -> None:
+    """The request's input aliases are exactly the signature's (predict_util.cc's messages)."""
     expected = signature.definition.inputs
-    if len(inputs) != len(expected):
-        sent, wanted = sorted(inputs), sorted(expected)
+    if len(names) != len(expected):
+        sent, wanted = sorted(names), sorted(expected)
         raise invalid_argument(
-            f"input size does not match signature: {len(inputs)}!={len(expected)} len({{{','.join(sent)}}}) != "
-            f"len({{{','.join(wanted)}}}). Sent extra: {{{','.join(a for a in sent if a not in expected)}}}. "
-            f"Missing but required: {{{','.join(a for a in wanted if a not in inputs)}}}.")
-    for alias, value in inputs.items():
+            f"input size does not match signature: {len(names)}!={len(expected)} len({_names(sent)}) != "
+            f"len({_names(wanted)}). Sent extra: {_names([a for a in sent if a not in expected])}. "
+            f"Missing but required: {_names([a for a in wanted if a not in names])}.")
+    for alias in names:
         if alias not in expected:
             raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
-                                   f"the set {{{','.join(sorted(expected))}}}.")
-        if datatype_of(value) != expected[alias].dtype:
-            raise invalid_argument(
-                f"input tensor alias {alias} is {dtype_name(datatype_of(value))} but signature "
-                f"{signature.name} takes {dtype_name(expected[alias].dtype)}: send {dtype_name(expected[alias].dtype)}")
+                                   f"the set {_names(sorted(expected))}.")
+
+
+def check_inputs(signature: Signature, inputs: Mapping[str, tuple[int, tuple[int, ...]]],
+                 max_instances: int | None = None) -> None:
+    """Checks each input's (dtype, shape) against the signature and the batch size across inputs."""
+    check_input_names(signature, inputs)
+    batch: dict[str, int] = {}
+    for alias, (dtype, shape) in inputs.items():
+        info = signature.definition.inputs[alias]
+        if dtype != info.dtype:
+            raise invalid_argument(f"input tensor alias {alias} is {dtype_name(dtype)} but signature {signature.name} "
+                                   f"takes {dtype_name(info.dtype)}: send {dtype_name(info.dtype)}")
+        if info.tensor_shape.unknown_rank:
+            continue
+        wanted = [d.size for d in info.tensor_shape.dim]
+        if len(shape) > len(wanted) or (signature.traced and (len(shape) != len(wanted) or any(
+                w not in (-1, s) for w, s in zip(wanted, shape)))):
+            raise invalid_argument(f"input tensor {alias} has shape {_dims(shape)} but signature {signature.name} "
+                                   f"takes {_dims(wanted)} (-1: any size)")
+        if shape and wanted and wanted[0] == -1:
+            batch[alias] = shape[0]
+    if len(set(batch.values())) > 1:
+        sizes = ", ".join(f"{alias} {size}" for alias, size in sorted(batch.items())[:_LISTED])
+        raise invalid_argument(f"inputs of signature {signature.name} differ in batch size (first dimension): {sizes}")
+    if max_instances is not None and batch and max(batch.values()) > max_instances:
+        raise invalid_argument(f"{max(batch.values())} instances in one request, more than the {max_instances} this "
+                               f"server accepts (--max_request_instances): send smaller batches")
+
+
+def prepare_predict(servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
+                    output_filter: Sequence[str] = (), max_instances: int | None = None) -> PredictCall:
+    """Checks a Predict's inputs and output filter against the signature (predict_util.cc, `check_inputs`)."""
+    signature = predict_signature(servable, signature_name)
+    check_inputs(signature, {alias: (datatype_of(value), value.shape) for alias, value in inputs.items()},
+                 max_instances)
     outputs = signature.definition.outputs
     seen: list[str] = []
     for alias in output_filter:
         if alias not in outputs:
             raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                                   f"the set {{{','.join(sorted(outputs))}}}.")
+                                   f"the set {_names(sorted(outputs))}.")
         if alias in seen:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.append(alias)
     return PredictCall(servable, signature, dict(inputs), tuple(seen) or tuple(sorted(outputs)))
+
+
+def prepare_predict_request(servable: Servable, request: predict_pb2.PredictRequest,
+                            max_instances: int | None = None) -> PredictCall:
+    """A gRPC PredictRequest (or a warm-up record's) as a PredictCall: its tensors are checked against the
+    signature on their declared shapes before any is converted."""
+    signature = predict_signature(servable, request.model_spec.signature_name)
+    check_input_names(signature, request.inputs)
+    check_inputs(signature, {alias: (proto.dtype, check_tensor_proto(proto, alias))
+                             for alias, proto in request.inputs.items()}, max_instances)
+    inputs = {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+    return prepare_predict(servable, request.model_spec.signature_name, inputs, request.output_filter, max_instances)
 
 
 def run_predict(call: PredictCall) -> dict[str, np.ndarray]:

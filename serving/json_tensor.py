@@ -9,6 +9,10 @@ Responses: `{"predictions": [...]}` for row requests, `{"outputs": ...}` for col
 trailing `.0`, NaN and +-Infinity as such; DT_STRING outputs whose alias ends in `_bytes` as
 `{"b64": ...}`, others as UTF-8 strings. Error messages are TF Serving's; quoted JSON is cut at
 2,000 characters.
+
+Beyond TF Serving, `parse_json` enforces `JsonLimits` before and while parsing (nesting depth, integer
+digits), and tensors are built only up to `MAX_RANK` dimensions, so no body can exhaust the stack or
+reach TensorFlow with a shape it cannot hold.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import base64
 import binascii
 import json
 import math
+import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,7 +32,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from serving.errors import ServingError, invalid_argument, unimplemented
-from serving.tensors import dtype_string, numpy_dtype
+from serving.tensors import MAX_RANK, dtype_string, numpy_dtype
 
 _MAX_QUOTED = 2000
 _FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -48,8 +54,37 @@ _PARSE_ERRORS = {
 
 InfoMap = Mapping[str, meta_graph_pb2.TensorInfo]
 
+_ESCAPED = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """What a REST body may hold: JSON nesting depth and digits per integer."""
+
+    max_depth: int = 32
+    max_number_digits: int = 40
+
 
 # ---- requests -------------------------------------------------------------------------------------------
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, counted outside strings without parsing it."""
+    brackets = _STRING.sub(b"", _ESCAPED.sub(b"", body)).translate(None, _NOT_BRACKET)
+    if not brackets:
+        return 0
+    opens = (np.frombuffer(brackets, np.uint8) & 2) != 0  # '[' and '{' have bit 1 set, ']' and '}' do not
+    return int(np.cumsum(np.where(opens, 1, -1)).max())
+
+
+def utf8(text: str, where: str) -> bytes:
+    """A JSON string as UTF-8 bytes; a lone UTF-16 surrogate (`\\ud800`) is an INVALID_ARGUMENT."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as e:
+        raise invalid_argument(f"{where}: the string holds a lone UTF-16 surrogate at character {e.start}, which "
+                               f"is not text; send binary data as {{\"b64\": ...}}") from e
 
 def quote(value: Any) -> str:
     """A JSON value as error messages show it (JsonValueToString), cut to a readable length."""
@@ -70,17 +105,33 @@ def _format_error(doc: Any, text: str) -> ServingError:
     return invalid_argument(f"JSON Value: {quote(doc)} {text}")
 
 
-def parse_json(body: bytes) -> dict:
-    """The request body as a JSON object (`JSON Parse error: ...` otherwise)."""
+def parse_json(body: bytes, limits: JsonLimits = JsonLimits()) -> dict:
+    """The request body as a JSON object (`JSON Parse error: ...` otherwise), within `limits`."""
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
+    depth = json_depth(body)
+    if depth > limits.max_depth:
+        raise invalid_argument(f"JSON Parse error: arrays and objects nested {depth} deep, more than the "
+                               f"{limits.max_depth} this server accepts (--rest_api_max_json_depth)")
+
+    def integer(text: str) -> int:
+        if len(text) - text.startswith("-") > limits.max_number_digits:
+            raise invalid_argument(f"JSON Parse error: an integer of {len(text)} digits ({text[:20]}...), more than "
+                                   f"the {limits.max_number_digits} this server accepts "
+                                   f"(--rest_api_max_number_digits)")
+        return int(text)
+
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_int=integer)
     except UnicodeDecodeError as e:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from e
     except json.JSONDecodeError as e:
         message = next((v for k, v in _PARSE_ERRORS.items() if e.msg.startswith(k)), e.msg)
         raise invalid_argument(f"JSON Parse error: {message} at offset: {e.pos}") from e
+    except RecursionError as e:  # malformed JSON that the depth count above could not see
+        raise invalid_argument("JSON Parse error: arrays and objects nested too deep") from e
+    except ValueError as e:  # e.g. Python's own limit on integer digits
+        raise invalid_argument(f"JSON Parse error: {e}") from e
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
@@ -144,7 +195,7 @@ def _scalar(value: Any, dtype: int) -> Any:
     if dtype == types_pb2.DT_STRING:
         if kind is not str:
             raise _type_error(value, dtype)
-        return value.encode()
+        return utf8(value, "JSON string value")
     raise unimplemented(f"Conversion of JSON Value: {quote(value)} to type: {dtype_string(dtype)}")
 
 
@@ -157,7 +208,7 @@ def _leaves(values: list, dtype: int) -> list | None:
     if dtype == types_pb2.DT_DOUBLE and kinds <= {float}:
         return values
     if dtype == types_pb2.DT_STRING and kinds <= {str}:
-        return [v.encode() for v in values]
+        return [utf8(v, "JSON string value") for v in values]
     return None
 
 
@@ -197,6 +248,9 @@ def _fill(value: Any, level: int, shape: list[int], dtype: int, out: list) -> No
 def tensor_from_json(value: Any, dtype: int) -> np.ndarray:
     """A JSON value (scalar or nested lists) as an array of `dtype`, validated like FillTensorProto."""
     shape = _dense_shape(value)
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"JSON value nests lists {len(shape)} deep: a tensor has at most {MAX_RANK} "
+                               f"dimensions")
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
     array = np.empty(len(flat), dtype=numpy_dtype(dtype))
@@ -308,7 +362,7 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
         feature.bytes_list.value.append(_b64decode(value))
     elif isinstance(value, str):
         _feature_kind(feature, name, "bytes_list")
-        feature.bytes_list.value.append(value.encode())
+        feature.bytes_list.value.append(utf8(value, f"Feature: {name}"))
     elif isinstance(value, float):
         _feature_kind(feature, name, "float_list")
         if math.isfinite(value) and abs(value) > _FLOAT_MAX:
@@ -318,6 +372,8 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
         _feature_kind(feature, name, "int64_list")
         if value >= 2**63:
             raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        if value < -2**63:
+            raise invalid_argument(f"Feature: {name} has an element below the int64 range: {quote(value)}")
         feature.int64_list.value.append(value)
 
 

@@ -7,7 +7,10 @@ As TF Serving's ServerCore with its AvailabilityPreservingPolicy:
 - a version that fails to load ends in state END with its error; it never replaces what is served
   and is retried on a later poll only if its directory changed;
 - version labels may only point at AVAILABLE versions (FAILED_PRECONDITION otherwise, unless
-  allowed), and a request resolves `version`, `version_label` or the latest AVAILABLE version;
+  allowed), and a request resolves `version`, `version_label` or the latest AVAILABLE version; the
+  first config's versions are loaded before its labels are checked, so a server starts on a config
+  whose labels name the versions it lists (tensorflow_model_server needs
+  `--allow_version_labels_for_unavailable_models` for that; this server does not);
 - models dropped from a new config are unloaded; their states stay visible as END.
 """
 
@@ -64,6 +67,7 @@ class ModelManager:
         self._labels: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held while loading
         self._work_lock = threading.RLock()  # one config change or poll at a time
+        self._started = False  # whether a config was applied (the first one loads before its labels count)
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -79,7 +83,8 @@ class ModelManager:
                                    "(custom_model_config is not)")
         configs = {c.name: c for c in _validated(config.model_config_list.config)}
         with self._work_lock:
-            labels = self._label_map(list(configs.values()))
+            labels_first = self._started or self._allow_unavailable_labels
+            labels = self._label_map(list(configs.values())) if labels_first else self._labels
             with self._lock:
                 self._labels = labels
                 moved = [name for name, model in self._models.items() if model.configured and name in configs
@@ -105,6 +110,11 @@ class ModelManager:
                 self._poll_model(name)
             failed = [(name, record) for name in new for record in self._versions(name)
                       if record.state == State.END and record.error is not None]
+            if not labels_first and not failed:
+                labels = self._label_map(list(configs.values()))
+                with self._lock:
+                    self._labels = labels
+            self._started = True
         if failed:
             details = ", ".join(f"{{{{name: {name} version: {r.version}}} due to error: {r.error}}}" for name, r in failed)
             raise ServingError(grpc.StatusCode.UNKNOWN,
@@ -228,12 +238,18 @@ class ModelManager:
                 raise not_found(f"Servable not found for request: {request}")
             return record.servable
 
-    def model_status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
-        """GetModelStatus: one version, or every version the server has seen, newest first."""
+    def model_status(self, name: str, version: int | None,
+                     label: str | None = None) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus: one version (by number or label), or every version the server has seen, newest
+        first."""
         response = get_model_status_pb2.GetModelStatusResponse()
         with self._lock:
             model = self._models.get(name)
             records = dict(model.versions) if model else {}
+            if label is not None and records:
+                version = self._labels.get(name, {}).get(label)
+                if version is None:
+                    raise invalid_argument(f"Unrecognized servable version label: {label}")
             if version is not None:
                 if version not in records:
                     raise not_found(f"Could not find version {version} of model {name}")

@@ -1,8 +1,11 @@
 """The server's options: one dataclass for the in-process API and the flags of `python -m serving.server`.
 
 Flags are named and behave as tensorflow_model_server's (`--port`, `--rest_api_port`,
-`--model_config_file`, ...; booleans accept `--flag`, `--flag=true|false`), plus three of this
-server's own: `--bind_address`, `--rest_api_max_body_bytes`, `--shutdown_grace_seconds`.
+`--model_config_file`, ...; booleans accept `--flag`, `--flag=true|false`), plus this server's own:
+`--bind_address`, `--shutdown_grace_seconds`, the request limits (`--rest_api_max_body_bytes`,
+`--rest_api_max_json_depth`, `--rest_api_max_number_digits`, `--max_request_instances`), the slow-client
+timeouts (`--rest_api_header_timeout_seconds`, `--rest_api_body_timeout_seconds`) and the guard on
+gRPC reloads (`--allow_reload_config_request`, `--reload_config_base_path_prefixes`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30000
     rest_api_num_threads: int = 4 * _CPUS
     rest_api_max_body_bytes: int = 64 * 2**20
+    rest_api_max_json_depth: int = 32
+    rest_api_max_number_digits: int = 40
+    rest_api_header_timeout_seconds: float = 10.0
+    rest_api_body_timeout_seconds: float = 10.0
+    max_request_instances: int = 10_000
     grpc_max_threads: int = 4 * _CPUS
     grpc_channel_arguments: str = ""
     enable_model_warmup: bool = True
@@ -43,14 +51,22 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     saved_model_tags: str = "serve"
     shutdown_grace_seconds: float = 30.0
+    allow_reload_config_request: bool = False
+    reload_config_base_path_prefixes: str = ""
 
     def __post_init__(self) -> None:
         if not self.model_config_file and not self.model_base_path:
             raise ValueError("nothing to serve: set --model_base_path (with --model_name) or --model_config_file")
         for name in ("rest_api_num_threads", "rest_api_max_body_bytes", "grpc_max_threads",
-                     "num_request_iterations_for_warmup"):
+                     "num_request_iterations_for_warmup", "rest_api_max_json_depth", "rest_api_max_number_digits",
+                     "max_request_instances"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rest_api_header_timeout_seconds", "rest_api_body_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.reload_config_base_path_prefixes and not self.allow_reload_config_request:
+            raise ValueError("--reload_config_base_path_prefixes needs --allow_reload_config_request")
         if self.batching_parameters_file and not self.enable_batching:
             raise ValueError("--batching_parameters_file needs --enable_batching")
 
@@ -72,7 +88,15 @@ _HELP = {
                               "on the REST port",
     "rest_api_timeout_in_ms": "REST requests not answered within this time fail with 504 (<= 0: no timeout)",
     "rest_api_num_threads": "threads decoding, running and encoding REST requests",
-    "rest_api_max_body_bytes": "larger REST request bodies are refused with 413",
+    "rest_api_max_body_bytes": "larger REST request bodies (after Content-Encoding) are refused with 413",
+    "rest_api_max_json_depth": "REST bodies nesting JSON arrays and objects deeper than this are refused with 400",
+    "rest_api_max_number_digits": "REST bodies holding an integer of more digits are refused with 400",
+    "rest_api_header_timeout_seconds": "an HTTP connection must send a whole request head within this time of "
+                                       "its first byte (or of opening), else it is closed",
+    "rest_api_body_timeout_seconds": "longest wait between two reads of a REST request body; a stalled body "
+                                     "gets 408",
+    "max_request_instances": "Predict requests with more instances (a larger batch dimension) are refused with "
+                             "INVALID_ARGUMENT (REST 400)",
     "grpc_max_threads": "threads decoding, running and encoding gRPC requests",
     "grpc_channel_arguments": "extra gRPC server arguments: key=value,key=value",
     "enable_model_warmup": "replay assets.extra/tf_serving_warmup_requests before a version becomes AVAILABLE",
@@ -81,6 +105,11 @@ _HELP = {
                                                    "AVAILABLE yet",
     "saved_model_tags": "comma-separated MetaGraphDef tags to load",
     "shutdown_grace_seconds": "on SIGTERM/SIGINT, wait this long for in-flight requests",
+    "allow_reload_config_request": "accept gRPC ModelService/HandleReloadConfigRequest (off: PERMISSION_DENIED; "
+                                   "tensorflow_model_server always accepts it)",
+    "reload_config_base_path_prefixes": "comma-separated directories or URIs the base paths of a reloaded config "
+                                        "must lie under (default: the folder of --model_config_file, or the "
+                                        "parent of --model_base_path)",
 }
 
 

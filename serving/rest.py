@@ -6,11 +6,15 @@
   GET  <prometheus path>                                         metrics, when a monitoring config enables them
 
 Errors are `{"error": message}` with TF Serving's HTTP mapping of the status code. Beyond TF
-Serving: bodies over `--rest_api_max_body_bytes` get 413, and paths outside /v1/ get 404 JSON.
+Serving: bodies over `--rest_api_max_body_bytes` (counted after decompression) get 413, a
+Content-Encoding other than gzip, deflate or identity 415, a body that does not decompress 400, a body
+stalled for `--rest_api_body_timeout_seconds` 408; JSON is parsed within `JsonLimits`; paths outside
+/v1/ get 404 JSON; a status request by label answers for the labelled version.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -21,6 +25,7 @@ from typing import Any, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
@@ -38,6 +43,16 @@ _STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels
                      re.IGNORECASE)
 _API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _JSON = "application/json"
+_ENCODINGS = ("", "identity", "gzip", "deflate")  # Content-Encodings a body may have (aiohttp decodes them)
+_BODY_STATUS_CODES = {413: grpc.StatusCode.RESOURCE_EXHAUSTED, 408: grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class _BodyError(Exception):
+    """A request body that cannot be read: its HTTP status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 @dataclass(frozen=True)
@@ -89,17 +104,47 @@ class RestApi:
     """The request handlers; `app()` is the aiohttp application serving them."""
 
     def __init__(self, core: ServingCore, executor: Executor, timeout_seconds: float | None, max_body_bytes: int,
-                 metrics_path: str | None):
+                 metrics_path: str | None, *, body_timeout_seconds: float = 10.0,
+                 json_limits: json_tensor.JsonLimits = json_tensor.JsonLimits(), max_instances: int | None = None):
         self._core = core
         self._executor = executor
         self._timeout = timeout_seconds
         self._max_body = max_body_bytes
         self._metrics_path = metrics_path
+        self._body_timeout = body_timeout_seconds
+        self._json_limits = json_limits
+        self._max_instances = max_instances
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole (decoded) body; _BodyError when too large, stalled, badly encoded or undecodable."""
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            raise _BodyError(415, f"Unsupported Content-Encoding: {encoding[:40]!r}: send the body as it is, "
+                                  f"or gzip or deflate it")
+        too_big = _BodyError(413, f"Request body larger than {self._max_body} bytes: send smaller batches, image "
+                                  f"bytes instead of pixel arrays, or raise --rest_api_max_body_bytes")
+        if (request.content_length or 0) > self._max_body:
+            raise too_big
+        body = bytearray()
+        try:
+            while True:
+                chunk = await asyncio.wait_for(request.content.readany(), self._body_timeout)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > self._max_body:
+                    raise too_big
+        except TimeoutError as e:
+            raise _BodyError(408, f"Request body stalled: nothing received for {self._body_timeout:g} s after "
+                                  f"{len(body)} bytes (--rest_api_body_timeout_seconds)") from e
+        except HttpProcessingError as e:  # a body that does not decompress, or broken chunked encoding
+            raise _BodyError(400, f"Request body cannot be read: {e.message or type(e).__name__} (Content-Encoding "
+                                  f"{encoding or 'identity'})") from e
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         path = request.rel_url.raw_path
@@ -107,24 +152,22 @@ class RestApi:
             return web.Response(text=self._core.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
         if not _API_PATH.fullmatch(path):
             return _json_response(json_tensor.error_body(
-                f"No handler for {request.method} {path}: the REST API is under /v1/models/"), 404)
+                f"No handler for {request.method} {path[:200]}: the REST API is under /v1/models/"), 404)
         timer = RequestTimer(self._core.metrics, "", "REST")
         try:
-            too_big = (request.content_length or 0) > self._max_body
-            body = b"" if too_big else await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            too_big = True
-        if too_big:
-            message = (f"Request body larger than {self._max_body} bytes: send smaller batches, image bytes instead "
-                       f"of pixel arrays, or raise --rest_api_max_body_bytes")
+            body = await self._read_body(request)
+        except _BodyError as e:
             timer.api = "rejected"
-            timer.done(ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message))
-            return _json_response(json_tensor.error_body(message), 413)
+            timer.done(ServingError(_BODY_STATUS_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message))
+            response = _json_response(json_tensor.error_body(e.message), e.status)
+            if e.status in (408, 413):  # the rest of the body is not read: the connection cannot be reused
+                response.force_close()
+            return response
         try:
             route = parse_route(request.method, path)
-            timer.api, timer.model = route.action or "malformed", route.model
+            timer.api = route.action or "malformed"
             if not route.action:
-                raise invalid_argument(f"Malformed request: {request.method} {path}")
+                raise invalid_argument(f"Malformed request: {request.method} {path[:200]}")
             handler = {
                 "predict": self._predict, "status": self._status, "metadata": self._metadata,
                 "classify": functools.partial(self._examples, inference.classify, json_tensor.classify_response),
@@ -134,28 +177,33 @@ class RestApi:
         except Exception as e:  # every failure is a JSON error with its status code
             error = as_serving_error(e)
             if error.http_status >= 500:
-                logger.warning("REST %s %s failed: %s", request.method, path, error)
+                logger.warning("REST %s %s failed: %s", request.method, path[:200], error,
+                               exc_info=not isinstance(e, ServingError))
             timer.done(error)
             return _json_response(json_tensor.error_body(error.message), error.http_status)
         timer.done()
         return response
 
-    def _resolve(self, route: Route) -> Servable:
+    def _resolve(self, route: Route, timer: RequestTimer) -> Servable:
+        """The servable the route names; counted under its model from then on (made-up names never become
+        metric labels)."""
         if not route.model:
             raise invalid_argument("Missing model name in request.")
-        return self._core.manager.resolve(route.model_spec())
+        servable = self._core.manager.resolve(route.model_spec())
+        timer.model = servable.name
+        return servable
 
     def _decode_predict(self, route: Route, body: bytes, timer: RequestTimer) -> tuple[inference.PredictCall, bool]:
-        doc = json_tensor.parse_json(body)
+        doc = json_tensor.parse_json(body, self._json_limits)
         name = json_tensor.signature_name(doc)
-        servable = self._resolve(route)
+        servable = self._resolve(route, timer)
         key = inference.signature_key(name)
-        timer.signature = key
         signature = servable.signatures.get(key)
         if signature is None:
             raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+        timer.signature = key
         inputs, row_format = json_tensor.predict_inputs(doc, signature.definition.inputs, name)
-        return inference.prepare_predict(servable, name, inputs), row_format
+        return inference.prepare_predict(servable, name, inputs, max_instances=self._max_instances), row_format
 
     def _start_predict(self, route: Route, body: bytes, timer: RequestTimer) -> bytes | tuple[Future, bool]:
         """Decodes a :predict; runs and encodes it here, or enqueues it for batching (its future, row format)."""
@@ -177,22 +225,25 @@ class RestApi:
                         timer: RequestTimer) -> web.Response:
         """:classify or :regress: `method` (inference.classify/regress) on the body's examples."""
         def run() -> bytes:
-            doc = json_tensor.parse_json(body)
+            doc = json_tensor.parse_json(body, self._json_limits)
             name = json_tensor.signature_name(doc)
-            timer.signature = inference.signature_key(name)
             examples = json_tensor.examples_input(doc)
-            return encode(method(self._resolve(route), name, examples).result)
+            servable = self._resolve(route, timer)
+            if inference.signature_key(name) in servable.signatures:
+                timer.signature = inference.signature_key(name)
+            return encode(method(servable, name, examples).result)
         return _json_response(await result(self._executor.submit(run), deadline(self._timeout)))
 
     async def _status(self, route: Route, body: bytes, timer: RequestTimer) -> web.Response:
         if not route.model:
             raise invalid_argument("Missing model name in request.")
-        response = self._core.manager.model_status(route.model, route.version)
+        response = self._core.manager.model_status(route.model, route.version, route.label)
+        timer.model = route.model
         return _json_response(json_format.MessageToJson(
             response, always_print_fields_with_no_presence=True, indent=1).encode())
 
     async def _metadata(self, route: Route, body: bytes, timer: RequestTimer) -> web.Response:
-        servable = self._resolve(route)
+        servable = self._resolve(route, timer)
         return _json_response(metadata_json(servable))
 
 

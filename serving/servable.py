@@ -2,8 +2,10 @@
 
 The SignatureDefMap comes from the SavedModel's MetaGraphDef (saved_model.pb, or .pbtxt) for the
 serving tags, exactly what GetModelMetadata returns; the functions come from `tf.saved_model.load`.
-Signature functions are called with the request's tensors as they are: like TF Serving's session
-feeds, shapes are not forced to match the SignatureDef's (`[1, 2, 5]` feeds an `x` of [-1, 1]).
+Signature functions are called with the request's tensors as serving.inference checked them: a TF1
+graph's placeholders are fed as TF Serving's session feeds them (`[1, 2, 5]` feeds an `x` of
+[-1, 1]); a TF2 SavedModel's signatures were traced for their input specs (`traced`), so their known
+sizes hold.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Signature:
     name: str
     definition: meta_graph_pb2.SignatureDef
     function: Callable[..., Mapping[str, tf.Tensor]] | None
+    # A TF2 function traced for the SignatureDef's shapes (False: a TF1 graph, fed like a session).
+    traced: bool = False
 
     @property
     def batchable(self) -> bool:
@@ -57,7 +61,8 @@ class Servable:
         self.meta_graph = meta_graph
         self._loaded = loaded  # keeps the functions' variables and resources alive
         functions = loaded.signatures
-        self.signatures = {key: Signature(key, definition, functions.get(key))
+        traced = meta_graph.HasField("object_graph_def")  # TF2 SavedModels hold their object graph
+        self.signatures = {key: Signature(key, definition, functions.get(key), traced)
                            for key, definition in meta_graph.signature_def.items()}
 
     def __repr__(self) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import posixpath
 import signal
 import socket
 import sys
@@ -31,9 +33,11 @@ from components.cli import configure_logging
 from serving import config as config_files
 from serving.batching import BatchScheduler
 from serving.config import ConfigError
+from serving.connections import HeadDeadlines, HeadTimeoutSite
 from serving.core import ServingCore
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid_argument, permission_denied
 from serving.grpc_api import MAX_MESSAGE_BYTES, add_services
+from serving.json_tensor import JsonLimits
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.options import ServerOptions, parse_options
@@ -169,7 +173,7 @@ class ModelServer:
             self._grpc = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                                   *grpc_arguments])
-            add_services(self._grpc, core, grpc_pool, self.reload_config)
+            add_services(self._grpc, core, grpc_pool, self.handle_reload_config_request, options.max_request_instances)
             grpc_port = self._grpc.add_insecure_port(f"{options.bind_address}:{options.port}")
             if not grpc_port:
                 raise ConfigError(f"cannot listen for gRPC on {options.bind_address}:{options.port}: in use or "
@@ -179,9 +183,15 @@ class ModelServer:
             rest_port = None
             if options.rest_api_port is not None:
                 timeout = options.rest_api_timeout_in_ms / 1000 if options.rest_api_timeout_in_ms > 0 else None
-                api = RestApi(core, rest_pool, timeout, options.rest_api_max_body_bytes, metrics_path)
-                self._runner = web.AppRunner(api.app(), access_log=None,
-                                             shutdown_timeout=options.shutdown_grace_seconds)
+                api = RestApi(core, rest_pool, timeout, options.rest_api_max_body_bytes, metrics_path,
+                              body_timeout_seconds=options.rest_api_body_timeout_seconds,
+                              json_limits=JsonLimits(options.rest_api_max_json_depth,
+                                                     options.rest_api_max_number_digits),
+                              max_instances=options.max_request_instances)
+                app = api.app()
+                deadlines = HeadDeadlines(options.rest_api_header_timeout_seconds)
+                app.on_response_prepare.append(deadlines.on_response_prepare)
+                self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_grace_seconds)
                 await self._runner.setup()
                 listener = socket.socket(socket.AF_INET6 if ":" in options.bind_address else socket.AF_INET)
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -191,7 +201,7 @@ class ModelServer:
                     listener.close()
                     raise ConfigError(f"cannot listen for HTTP on {options.bind_address}:{options.rest_api_port}: "
                                       f"{e.strerror} (choose --rest_api_port or --bind_address)") from e
-                await web.SockSite(self._runner, listener).start()
+                await HeadTimeoutSite(self._runner, listener, deadlines).start()
                 rest_port = listener.getsockname()[1]
                 logger.info("Exporting HTTP/REST API at:%s:%d ...", options.bind_address, rest_port)
                 if metrics_path:
@@ -204,8 +214,36 @@ class ModelServer:
     # ---- configuration -----------------------------------------------------------------------------------
 
     def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Serves the models of `config` from now on (HandleReloadConfigRequest); raises ServingError."""
+        """Serves the models of `config` from now on; raises ServingError."""
         self._manager.apply_config(config)
+
+    def handle_reload_config_request(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """gRPC HandleReloadConfigRequest: refused unless --allow_reload_config_request, and then only for base
+        paths under the allowed prefixes (a client must not make the server read any path of the host)."""
+        if not self.options.allow_reload_config_request:
+            raise permission_denied("HandleReloadConfigRequest is disabled on this server: change the models with "
+                                    "--model_config_file (re-read every --model_config_file_poll_wait_seconds), "
+                                    "or start the server with --allow_reload_config_request")
+        if config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                   "ModelConfigList is currently supported")
+        prefixes = self._reload_prefixes()
+        for model in config.model_config_list.config:
+            if not any(_under(model.base_path, prefix) for prefix in prefixes):
+                raise permission_denied(f"model {model.name}: base_path {model.base_path[:200]} is not under an "
+                                        f"allowed prefix ({', '.join(prefixes)}; "
+                                        f"--reload_config_base_path_prefixes)")
+        self.reload_config(config)
+
+    def _reload_prefixes(self) -> list[str]:
+        """--reload_config_base_path_prefixes, else the folder of the model config file or the parent of the
+        model base path."""
+        options = self.options
+        if options.reload_config_base_path_prefixes:
+            return [p.strip() for p in options.reload_config_base_path_prefixes.split(",") if p.strip()]
+        if options.model_config_file:
+            return [_parent(options.model_config_file)]
+        return [_parent(options.model_base_path)]
 
     def _reload_config_file(self) -> None:
         try:
@@ -248,6 +286,21 @@ class ModelServer:
         if self._ports is not None:
             logger.info("Server stopped")
         self._ports = None
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if "://" in path else os.path.dirname(os.path.abspath(path))
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether `path` lies under the directory `prefix`: symbolic links and `..` resolved for local paths, the
+    normalised text compared for URIs (gs://...)."""
+    if "://" in path or "://" in prefix:
+        scheme, _, rest = path.partition("://")
+        normal = f"{scheme}://{posixpath.normpath(rest)}"
+        return normal == prefix.rstrip("/") or normal.startswith(prefix.rstrip("/") + "/")
+    real, root = os.path.realpath(path), os.path.realpath(prefix)
+    return os.path.commonpath([real, root]) == root
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving import inference
 from serving.errors import invalid_argument, unimplemented
 from serving.servable import Servable
-from serving.tensors import to_ndarray
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +27,7 @@ MAX_RECORDS = 1000  # TF Serving's limit
 def _replay(servable: Servable, log: prediction_log_pb2.PredictionLog) -> None:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
-        request = log.predict_log.request
-        inputs = {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-        inference.run_predict(inference.prepare_predict(
-            servable, request.model_spec.signature_name, inputs, request.output_filter))
+        inference.run_predict(inference.prepare_predict_request(servable, log.predict_log.request))
     elif kind == "classify_log":
         request = log.classify_log.request
         inference.classify(servable, request.model_spec.signature_name, request.input)

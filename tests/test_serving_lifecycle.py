@@ -161,14 +161,25 @@ def test_config_reload_with_labels_and_removed_models(tmp_path):
     build_half_plus_two(str(models["other"] / "1"), b=10.0)
     config = tmp_path / "models.config"
 
-    _write(config, _config({MODEL: models[MODEL]}, {"stable": 1}))
-    with pytest.raises(ServingError, match="Request to assign label to version 1 of model hpt, which is not "
+    # At start-up the listed versions load before the labels are checked (plain flags start on deploy's config);
+    # a label naming a version that is not served still fails the start.
+    _write(config, _config({MODEL: models[MODEL]}, {"stable": 3}, versions=(1, 2, 3)))
+    with pytest.raises(ServingError, match="Request to assign label to version 3 of model hpt, which is not "
                                            "currently available for inference"):
         ModelServer(ServerOptions(model_config_file=str(config), port=0, rest_api_port=None)).start()
+    _write(config, _config({MODEL: models[MODEL]}, {"stable": 1}))
+    with ModelServer(ServerOptions(model_config_file=str(config), port=0, rest_api_port=None)) as labelled_at_start:
+        client = GrpcClient(f"127.0.0.1:{labelled_at_start.ports.grpc}")
+        assert client.predict(MODEL, {"x": np.array([[1.0]], np.float32)}, label="stable")["y"].tolist() == [[2.5]]
+        with pytest.raises(grpc.RpcError) as disabled:  # reloads over gRPC are opt-in
+            client.models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(
+                config=model_server_config_pb2.ModelServerConfig()), 30)
+        assert disabled.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        client.close()
 
     _write(config, _config({MODEL: models[MODEL]}))
     options = ServerOptions(model_config_file=str(config), model_config_file_poll_wait_seconds=1, port=0,
-                            rest_api_port=0, file_system_poll_wait_seconds=0)
+                            rest_api_port=0, file_system_poll_wait_seconds=0, allow_reload_config_request=True)
     with ModelServer(options) as server:
         rest = RestClient(f"http://127.0.0.1:{server.ports.rest}")
         client = GrpcClient(f"127.0.0.1:{server.ports.grpc}")
@@ -193,6 +204,14 @@ def test_config_reload_with_labels_and_removed_models(tmp_path):
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "Request to assign label to version 3 of model hpt" in refused.value.details()
         assert rest.predict(MODEL, instances=[1.0], label="canary") == [3.5]  # unchanged
+        for outside in ("/proc", f"{tmp_path}/../..", "/"):  # only base paths under the config file's folder
+            elsewhere = model_server_config_pb2.ModelServerConfig()
+            elsewhere.model_config_list.config.add(name=MODEL, base_path=outside, model_platform="tensorflow")
+            with pytest.raises(grpc.RpcError) as refused:
+                client.models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=elsewhere), 30)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "is not under an allowed prefix" in refused.value.details()
+        assert rest.predict(MODEL, instances=[1.0], label="canary") == [3.5]  # still served
 
         _write(config, _config({"other": models["other"]}, versions=(1,)))
         _wait(lambda: _states(server, "other") == {1: ("AVAILABLE", "OK")}, 5, "other loaded")
