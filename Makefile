@@ -25,8 +25,7 @@ MLFLOW_PORT ?= 5000
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 SERVE = $(PY) -m serving.server --model_config_file=$(RUN_DIR)/serving/models.config \
-  --model_config_file_poll_wait_seconds=5 --allow_version_labels_for_unavailable_models \
-  --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT)
+  --model_config_file_poll_wait_seconds=5 --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT)
 
 # The main job on the embedded defaults: the Kubeflow pipeline (pipeline/) on the demo images with
 # kfp.local: ingest -> transform -> train -> export -> evaluate -> register -> deploy (if blessed) to

@@ -8,7 +8,9 @@
 A RestClient keeps one HTTP/1.1 connection open: use one per thread.
 
 CLI: `python -m serving.client --host H [--grpc] --model NAME IMAGE...` classifies image files through
-a model's `serving_default` (image bytes in; label and score out), over REST (b64 JSON) or gRPC.
+a model's `serving_default` (image bytes in; label and score out), over REST (b64 JSON) or gRPC; a
+file the model refuses (or that cannot be read) is named with the reason, the others are classified,
+and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import http.client
 import json
 import logging
+import re
 import sys
 import time
 import urllib.parse
@@ -175,14 +178,21 @@ def wait_until_available(url: str, model: str, timeout: float) -> None:
     raise TimeoutError(f"{model} at {url} was not AVAILABLE within {timeout:.0f} s ({last})")
 
 
-def classify_files(paths: Sequence[str], model: str, host: str, *, use_grpc: bool = False, port: int | None = None,
-                   version: int | None = None, label: str | None = None) -> list[tuple[str, float]]:
-    """(label, score) per image file, from the model's `serving_default` (`image_bytes` in)."""
-    images = [open(path, "rb").read() for path in paths]
+IMAGE_INPUT = "image_bytes"
+
+
+def _refused_instance(message: str) -> int | None:
+    """The instance index an error names (`image_bytes[3]: ...`, the served model's own refusals), if any."""
+    match = re.search(rf"\b{IMAGE_INPUT}\[(\d+)\]", message)
+    return int(match.group(1)) if match else None
+
+
+def _classify_batch(images: Sequence[bytes], model: str, host: str, use_grpc: bool, port: int | None,
+                    version: int | None, label: str | None) -> list[tuple[str, float]]:
     if use_grpc:
         client = GrpcClient(f"{host}:{port or 8500}")
         try:
-            outputs = client.predict(model, {"image_bytes": np.array(images, dtype=object)}, version=version,
+            outputs = client.predict(model, {IMAGE_INPUT: np.array(images, dtype=object)}, version=version,
                                      label=label, output_filter=["label", "score"])
         finally:
             client.close()
@@ -194,6 +204,36 @@ def classify_files(paths: Sequence[str], model: str, host: str, *, use_grpc: boo
     finally:
         rest.close()
     return [(row["label"], float(row["score"])) for row in rows]
+
+
+def classify_files(paths: Sequence[str], model: str, host: str, *, use_grpc: bool = False, port: int | None = None,
+                   version: int | None = None, label: str | None = None) -> list[tuple[str, float] | str]:
+    """(label, score) per image file, from the model's `serving_default` (`image_bytes` in), or the reason the
+    file was refused: a file that cannot be read, or that the model refuses by its index, is left out and the
+    rest is sent again. Other errors (unknown model, server down) raise."""
+    results: list[tuple[str, float] | str | None] = [None] * len(paths)
+    images: dict[int, bytes] = {}
+    for index, path in enumerate(paths):
+        try:
+            with open(path, "rb") as f:
+                images[index] = f.read()
+        except OSError as e:
+            results[index] = f"cannot read the file: {e.strerror or e}"
+    pending = list(images)
+    while pending:
+        try:
+            answers = _classify_batch([images[i] for i in pending], model, host, use_grpc, port, version, label)
+        except (RestError, grpc.RpcError) as e:
+            message = e.message if isinstance(e, RestError) else e.details() or ""
+            refused = _refused_instance(message)
+            if refused is None or refused >= len(pending):
+                raise
+            results[pending.pop(refused)] = message
+            continue
+        for index, answer in zip(pending, answers):
+            results[index] = answer
+        break
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RestError, grpc.RpcError) as e:  # TimeoutError is an OSError
         logging.getLogger("serving.client").error("%s", e)
         return 1
-    for path, (name, score) in zip(args.images, results):
-        print(f"{path}\t{name}\t{score:.4f}")  # noqa: T201 (the command's output)
-    return 0
+    for path, result in zip(args.images, results):
+        if isinstance(result, str):
+            logging.getLogger("serving.client").error("%s: %s", path, result)
+        else:
+            print(f"{path}\t{result[0]}\t{result[1]:.4f}")  # noqa: T201 (the command's output)
+    return 1 if any(isinstance(result, str) for result in results) else 0
 
 
 if __name__ == "__main__":

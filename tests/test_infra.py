@@ -1208,6 +1208,7 @@ def test_compose_runs_the_kubernetes_flags_on_the_same_files(builds):
     assert {**args, "model_config_file": None} == {**k8s_args, "model_config_file": None}
     assert args["model_config_file"] == SEED
     assert {p.split(":")[-1] for p in serving["ports"]} == {args["port"], args["rest_api_port"]}
+    assert all(interpolate(p).startswith("127.0.0.1:") for p in serving["ports"])  # loopback unless told
     mounts = {}
     for volume in serving["volumes"]:
         source, target, *mode = interpolate(volume).split(":")
@@ -1233,7 +1234,7 @@ def test_compose_mlflow_server():
     assert mlflow["command"][:2] == ["mlflow", "server"]
     args = flags(mlflow["command"][2:])
     assert args["host"] == "0.0.0.0"
-    assert mlflow["ports"] == [f"{args['port']}:{args['port']}"] == ["5000:5000"]
+    assert [interpolate(p) for p in mlflow["ports"]] == [f"127.0.0.1:{args['port']}:{args['port']}"]
     assert args["backend-store-uri"].startswith("sqlite:////mlflow/")
     assert args["artifacts-destination"].startswith("/mlflow/")
     assert [interpolate(v).split(":")[1] for v in mlflow["volumes"]] == ["/mlflow"]
