@@ -3,7 +3,8 @@
 Flags are named and behave as tensorflow_model_server's (`--port`, `--rest_api_port`,
 `--model_config_file`, ...; booleans accept `--flag`, `--flag=true|false`), plus this server's own:
 `--bind_address`, `--shutdown_grace_seconds`, the request limits (`--rest_api_max_body_bytes`,
-`--rest_api_max_json_depth`, `--rest_api_max_number_digits`, `--max_request_instances`), the slow-client
+`--rest_api_max_json_depth`, `--rest_api_max_json_values`, `--rest_api_max_number_digits`,
+`--max_request_instances`), the slow-client
 timeouts (`--rest_api_header_timeout_seconds`, `--rest_api_body_timeout_seconds`) and the guard on
 gRPC reloads (`--allow_reload_config_request`, `--reload_config_base_path_prefixes`).
 """
@@ -40,6 +41,7 @@ class ServerOptions:
     rest_api_num_threads: int = 4 * _CPUS
     rest_api_max_body_bytes: int = 64 * 2**20
     rest_api_max_json_depth: int = 32
+    rest_api_max_json_values: int = 4 * 2**20
     rest_api_max_number_digits: int = 40
     rest_api_header_timeout_seconds: float = 10.0
     rest_api_body_timeout_seconds: float = 10.0
@@ -58,7 +60,8 @@ class ServerOptions:
         if not self.model_config_file and not self.model_base_path:
             raise ValueError("nothing to serve: set --model_base_path (with --model_name) or --model_config_file")
         for name in ("rest_api_num_threads", "rest_api_max_body_bytes", "grpc_max_threads",
-                     "num_request_iterations_for_warmup", "rest_api_max_json_depth", "rest_api_max_number_digits",
+                     "num_request_iterations_for_warmup", "rest_api_max_json_depth", "rest_api_max_json_values",
+                     "rest_api_max_number_digits",
                      "max_request_instances"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -90,7 +93,9 @@ _HELP = {
     "rest_api_num_threads": "threads decoding, running and encoding REST requests",
     "rest_api_max_body_bytes": "larger REST request bodies (after Content-Encoding) are refused with 413",
     "rest_api_max_json_depth": "REST bodies nesting JSON arrays and objects deeper than this are refused with 400",
-    "rest_api_max_number_digits": "REST bodies holding an integer of more digits are refused with 400",
+    "rest_api_max_json_values": "REST bodies with more JSON values (array elements and object members) are "
+                                "refused with 400: each costs 30-60 bytes of memory while it is parsed",
+    "rest_api_max_number_digits": "REST bodies holding a number of more digits are refused with 400",
     "rest_api_header_timeout_seconds": "an HTTP connection must send a whole request head within this time of "
                                        "its first byte (or of opening), else it is closed",
     "rest_api_body_timeout_seconds": "longest wait between two reads of a REST request body; a stalled body "

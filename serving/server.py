@@ -185,8 +185,9 @@ class ModelServer:
                 timeout = options.rest_api_timeout_in_ms / 1000 if options.rest_api_timeout_in_ms > 0 else None
                 api = RestApi(core, rest_pool, timeout, options.rest_api_max_body_bytes, metrics_path,
                               body_timeout_seconds=options.rest_api_body_timeout_seconds,
-                              json_limits=JsonLimits(options.rest_api_max_json_depth,
-                                                     options.rest_api_max_number_digits),
+                              json_limits=JsonLimits(max_depth=options.rest_api_max_json_depth,
+                                                     max_values=options.rest_api_max_json_values,
+                                                     max_number_digits=options.rest_api_max_number_digits),
                               max_instances=options.max_request_instances)
                 app = api.app()
                 deadlines = HeadDeadlines(options.rest_api_header_timeout_seconds)
