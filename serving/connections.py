@@ -6,6 +6,8 @@ like `web.SockSite`, each connection wrapped in a `_HeadDeadline`: from the mome
 or the first byte of its next request arrives after a response, the whole head (request line and
 headers, up to the blank line) must arrive within `seconds`, else the connection is aborted. Bodies
 have their own timeout (serving.rest); idle kept-alive connections are aiohttp's (`keepalive_timeout`).
+Requests aiohttp's HTTP parser refuses before any handler runs (a bad request line, header or chunk
+size) are answered as every other error, `{"error": ...}` JSON, not aiohttp's text page.
 
     deadlines = HeadDeadlines(10.0)
     app.on_response_prepare.append(deadlines.on_response_prepare)   # before the runner's setup()
@@ -19,6 +21,9 @@ import logging
 import socket
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from serving.json_tensor import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,21 @@ class _HeadDeadline(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+class _JsonErrors(RequestHandler):
+    """aiohttp's protocol whose own error pages (malformed HTTP) are TF Serving's error JSON."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        page = super().handle_error(request, status, exc, message)  # logs, and refuses when a response started
+        text = " ".join((message or getattr(page, "text", "") or "").split())[:200] or f"HTTP {status}"
+        response = web.Response(status=page.status, body=error_body(f"Malformed HTTP request: {text}"),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
 class HeadDeadlines:
     """The open connections of a site and the time each request head may take."""
 
@@ -118,5 +138,12 @@ class HeadTimeoutSite(web.SockSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner, as SockSite.start does
         handler_factory = self._runner.server
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _HeadDeadline(handler_factory(), self._deadlines), sock=self._sock, backlog=self._backlog)
+
+        def connection() -> _HeadDeadline:
+            handler = handler_factory()
+            if type(handler) is RequestHandler:  # same layout (no slots of its own): only the error pages change
+                handler.__class__ = _JsonErrors
+            return _HeadDeadline(handler, self._deadlines)
+
+        self._server = await asyncio.get_running_loop().create_server(connection, sock=self._sock,
+                                                                      backlog=self._backlog)

@@ -14,8 +14,10 @@ from concurrent.futures import Executor, Future
 from typing import Any, Awaitable, Callable
 
 import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2, model_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from google.protobuf import message
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, inference_pb2,
+                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import inference
@@ -32,6 +34,22 @@ MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving: builder.SetMaxMessageSize(kint32max
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext, RequestTimer], Awaitable[Any]]
 
 
+class _Undecodable:
+    """A request whose bytes are not its message (gRPC itself would end the call with UNKNOWN)."""
+
+    def __init__(self, kind: str, error: Exception):
+        self.message = f"the request is not a valid {kind}: {str(error)[:200]}"
+
+
+def _parser(cls: type[message.Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except (message.DecodeError, UnicodeDecodeError, ValueError) as e:
+            return _Undecodable(cls.DESCRIPTOR.full_name, e)
+    return parse
+
+
 def _rpc(api: str) -> Callable[[Handler], Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]]:
     """Counts and times the RPC; any failure ends it with its canonical status and message."""
     def decorate(method: Handler):
@@ -39,6 +57,8 @@ def _rpc(api: str) -> Callable[[Handler], Callable[[Any, Any, grpc.aio.ServicerC
         async def handler(self, request, context: grpc.aio.ServicerContext):
             timer = RequestTimer(self._core.metrics, api, "GRPC")
             try:
+                if isinstance(request, _Undecodable):
+                    raise invalid_argument(request.message)
                 response = await method(self, request, context, timer)
             except Exception as e:  # reported to the client, never raised in the server
                 error = as_serving_error(e)
@@ -123,7 +143,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc("multi_inference")
     async def MultiInference(self, request, context, timer):
         def run():
-            spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+            if not request.tasks:
+                raise invalid_argument("MultiInferenceRequest has no tasks: add at least one")
+            spec = request.tasks[0].model_spec
             return inference.multi_inference(_resolve(self._core, spec, timer, None), request)
         return await result(self._executor.submit(run), deadline(context.time_remaining()))
 
@@ -167,10 +189,38 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
+# Each service's methods with their request and response messages, as the generated add_*_to_server has them.
+_METHODS = {
+    "PredictionService": {
+        "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+        "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+        "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
+                             get_model_metadata_pb2.GetModelMetadataResponse),
+    },
+    "ModelService": {
+        "GetModelStatus": (get_model_status_pb2.GetModelStatusRequest, get_model_status_pb2.GetModelStatusResponse),
+        "HandleReloadConfigRequest": (model_management_pb2.ReloadConfigRequest,
+                                      model_management_pb2.ReloadConfigResponse),
+    },
+}
+
+
+def _generic_handler(service: str, servicer: Any) -> grpc.GenericRpcHandler:
+    """The service's methods on `servicer`, registered as the generated add_*_to_server does, except that a
+    request that does not parse reaches the method (as `_Undecodable`) to be refused with INVALID_ARGUMENT."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=_parser(request),
+                                                          response_serializer=response.SerializeToString)
+                for name, (request, response) in _METHODS[service].items()}
+    return grpc.method_handlers_generic_handler(f"tensorflow.serving.{service}", handlers)
+
+
 def add_services(server: grpc.aio.Server, core: ServingCore, executor: Executor,
                  reload_config: Callable[[model_server_config_pb2.ModelServerConfig], None],
                  max_instances: int | None = None) -> None:
     """Registers both services on `server`; `reload_config` serves (or refuses) HandleReloadConfigRequest."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, executor, max_instances), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, executor, reload_config), server)
+    server.add_generic_rpc_handlers((
+        _generic_handler("PredictionService", PredictionService(core, executor, max_instances)),
+        _generic_handler("ModelService", ModelService(core, executor, reload_config)),
+    ))

@@ -57,6 +57,7 @@ InfoMap = Mapping[str, meta_graph_pb2.TensorInfo]
 _ESCAPED = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b"[]{},")))
+_EXPONENT_NUMBER = re.compile(rb"-?[0-9][0-9.]*[eE][-+]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class JsonLimits:
 # ---- requests -------------------------------------------------------------------------------------------
 
 def check_json_limits(body: bytes, limits: JsonLimits) -> None:
-    """Refuses a JSON text deeper, with more values or longer numbers than `limits`, counted outside strings
-    without parsing it (regular expressions and numpy: an 8 MiB body of floats takes about 0.1 s)."""
+    """Refuses a JSON text deeper, with more values or longer numbers than `limits`, or with a number beyond the
+    range of a double (`1e999`: rapidjson's "Number too big"), counted outside strings without parsing it (regular expressions and numpy: an 8 MiB body of floats takes about 0.1 s)."""
     outside_strings = _STRING.sub(b"", _ESCAPED.sub(b"", body))
     text = np.frombuffer(outside_strings, np.uint8)
     breaks = np.flatnonzero((text < ord("0")) | (text > ord("9")))  # the runs between them are digits
@@ -82,6 +83,11 @@ def check_json_limits(body: bytes, limits: JsonLimits) -> None:
     if longest > limits.max_number_digits:
         raise invalid_argument(f"JSON Parse error: a number of {longest} digits, more than the "
                                f"{limits.max_number_digits} this server accepts (--rest_api_max_number_digits)")
+    if b"e" in outside_strings or b"E" in outside_strings:
+        for number in _EXPONENT_NUMBER.finditer(outside_strings):
+            if math.isinf(float(number.group())):  # rapidjson refuses what Python reads as infinity
+                raise invalid_argument(f"JSON Parse error: Number too big to be stored in double: "
+                                       f"{number.group()[:40].decode()}")
     structure = np.frombuffer(outside_strings.translate(None, _NOT_STRUCTURE), np.uint8)
     commas = structure == ord(",")
     if commas.sum() >= limits.max_values:
@@ -341,6 +347,7 @@ def predict_inputs(doc: dict, infos: InfoMap, signature: str) -> tuple[dict[str,
     """The input tensors of a :predict body, and whether it used the row (`instances`) format."""
     if not infos:
         raise invalid_argument(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
+    infos = dict(infos)  # a protobuf map raises UnicodeEncodeError on a key holding a lone surrogate
     if "instances" in doc and "inputs" in doc:
         raise _format_error(doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to "
                                  "exist ")
@@ -390,6 +397,7 @@ def _example(value: Any) -> example_pb2.Example:
         raise invalid_argument(f"Example must be JSON object but got JSON {json_type(value)}")
     example = example_pb2.Example()
     for name, content in value.items():
+        utf8(name, "Feature name")
         feature = example.features.feature[name]
         for item in content if isinstance(content, list) else [content]:
             _add_feature_value(item, name, feature)

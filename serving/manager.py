@@ -219,6 +219,8 @@ class ModelManager:
     def resolve(self, spec: model_pb2.ModelSpec) -> Servable:
         """The servable a request's model_spec names: its version, its label's version or the latest."""
         name = spec.name
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
         with self._lock:
             model = self._models.get(name)
             versions = model.versions if model and model.configured else {}

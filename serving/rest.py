@@ -26,6 +26,7 @@ from typing import Any, Callable
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
@@ -142,8 +143,9 @@ class RestApi:
         except TimeoutError as e:
             raise _BodyError(408, f"Request body stalled: nothing received for {self._body_timeout:g} s after "
                                   f"{len(body)} bytes (--rest_api_body_timeout_seconds)") from e
-        except HttpProcessingError as e:  # a body that does not decompress, or broken chunked encoding
-            raise _BodyError(400, f"Request body cannot be read: {e.message or type(e).__name__} (Content-Encoding "
+        except (HttpProcessingError, RequestPayloadError) as e:  # does not decompress, broken chunked encoding
+            detail = " ".join(str(getattr(e, "message", "") or e).split())[:200] or type(e).__name__
+            raise _BodyError(400, f"Request body cannot be read: {detail} (Content-Encoding "
                                   f"{encoding or 'identity'})") from e
 
     async def _dispatch(self, request: web.Request) -> web.Response:
@@ -160,8 +162,9 @@ class RestApi:
             timer.api = "rejected"
             timer.done(ServingError(_BODY_STATUS_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message))
             response = _json_response(json_tensor.error_body(e.message), e.status)
-            if e.status in (408, 413):  # the rest of the body is not read: the connection cannot be reused
-                response.force_close()
+            response.force_close()  # the body was not read whole: the connection cannot be reused
+            if e.status in (400, 408):  # nothing more of this body will be read: close now, do not linger
+                request.content.feed_eof()
             return response
         try:
             route = parse_route(request.method, path)
