@@ -17,6 +17,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from components.files import excerpt, read_bytes, write_file
+
 MANIFEST_FILE = "manifest.json"
 # The image sets it at build time: a container has no git checkout.
 CODE_VERSION_ENV = "CVPIPE_CODE_VERSION"
@@ -34,19 +36,60 @@ class Manifest:
     code_version: str = field(default_factory=lambda: code_version())
 
 
+@dataclass(frozen=True)
+class Origin:
+    """What a stage output is made from, as its manifest records it: its `inputs` and `config`.
+
+    A stage passes it to `staging.staged_output` too: a rerun onto a finished output made from the
+    same origin can then finish what the killed run did not (its tracking, see `cli.run_stage`).
+    """
+
+    inputs: dict[str, Any]
+    config: dict[str, Any]
+
+    def difference(self, manifest: Manifest) -> str | None:
+        """None when `manifest` records this origin, else its first difference in a few words."""
+        for part in ("inputs", "config"):
+            recorded, wanted = getattr(manifest, part), json.loads(json.dumps(getattr(self, part)))
+            difference = _first_difference(recorded, wanted, part)
+            if difference:
+                return difference
+        return None
+
+
+def _first_difference(recorded: Any, wanted: Any, key: str) -> str | None:
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for name in sorted(set(recorded) | set(wanted)):
+            difference = _first_difference(recorded.get(name), wanted.get(name), f"{key}.{name}")
+            if difference:
+                return difference
+        return None
+    return None if recorded == wanted else f"{key} is {json.dumps(recorded)} there, {json.dumps(wanted)} now"
+
+
 def write_manifest(directory: str, manifest: Manifest) -> None:
     write_json(posixpath.join(directory, MANIFEST_FILE), asdict(manifest))
 
 
 def read_json(path: str) -> Any:
-    """A JSON file at any tf.io.gfile path."""
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    """A JSON file at any tf.io.gfile path; a clear ValueError when it is not valid JSON."""
+    try:
+        return parse_json(read_bytes(path).decode("utf-8", errors="replace"))
+    except ValueError as e:
+        raise ValueError(f"{path} is {e}") from None
 
 
-def write_json(path: str, data: Any) -> None:
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+def parse_json(text: str) -> Any:
+    """JSON `text` parsed; a ValueError saying what is wrong and where otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; {excerpt(text, e.pos)})") from None
+
+
+def write_json(path: str, data: Any, *, backup: bool = False) -> None:
+    """Writes `data` as JSON to `path` atomically (`files.write_file`; `backup` keeps the replaced content)."""
+    write_file(path, json.dumps(data, indent=2, sort_keys=True), backup=backup)
 
 
 def read_manifest(directory: str, *stages: str) -> Manifest:

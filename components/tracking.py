@@ -53,6 +53,8 @@ KFP_RUN_ID_TAG = "cvpipe.kfp_run_id"
 DATA_SOURCE_TAG = "cvpipe.data_source"
 DATA_FINGERPRINT_TAG = "cvpipe.data_fingerprint"  # components.ingest.fingerprint of the source
 DATA_INPUTS_TAG = "cvpipe.data_inputs"  # how many inputs the source listed
+# Tags of a stage run: which stage, which output (its path or artifact URI), its manifest fingerprint.
+STAGE_TAG, OUTPUT_TAG, FINGERPRINT_TAG = "cvpipe.stage", "cvpipe.output", "cvpipe.fingerprint"
 # The artifact of the pyfunc model that holds the exported SavedModel directory.
 SAVED_MODEL_ARTIFACT = "saved_model"
 # Name of the LoggedModel inside its run.
@@ -192,10 +194,10 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
     manifest = read_manifest(output, stage)
     metrics, documents = _STAGE_METRICS[stage](output)
     tags = {
-        "cvpipe.stage": stage,
+        STAGE_TAG: stage,
         "cvpipe.code_version": manifest.code_version,
-        "cvpipe.fingerprint": manifest.fingerprint,
-        "cvpipe.output": location or output,
+        FINGERPRINT_TAG: manifest.fingerprint,
+        OUTPUT_TAG: location or output,
     }
     dataset = _dataset_fingerprint(manifest)
     if dataset:
@@ -227,6 +229,19 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
     return run_id
 
 
+def stage_runs(stage: str, output: str, fingerprint: str, config: Config) -> list[str]:
+    """The ids of the FINISHED runs that logged `output` of `stage` with this manifest fingerprint
+    (see `log_stage`), newest first; none when the experiment does not exist."""
+    client = _client(config.tracking)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        return []
+    search = " and ".join([f"tags.`{STAGE_TAG}` = {_quoted(stage)}", f"tags.`{OUTPUT_TAG}` = {_quoted(output)}",
+                           f"tags.`{FINGERPRINT_TAG}` = {_quoted(fingerprint)}", "attributes.status = 'FINISHED'"])
+    runs = client.search_runs([experiment.experiment_id], search, order_by=["attributes.start_time DESC"])
+    return [run.info.run_id for run in runs]
+
+
 def log_benchmark(results: Mapping[str, Any], files: Sequence[str], config: Config) -> str:
     """Logs `make bench` results as a run named `bench`: each row's numbers as metrics keyed
     `<benchmark>.<variant>.<figure>`, the result files as artifacts. Returns the run id."""
@@ -235,7 +250,7 @@ def log_benchmark(results: Mapping[str, Any], files: Sequence[str], config: Conf
         figures = {key: value for key, value in row.items() if key not in ("benchmark", "variant")}
         numbers.update(_numbers(figures, f"{row['benchmark']}.{row['variant']}."))
     client = _client(config.tracking)
-    run_id = start_run(config, run_name="bench", tags={"cvpipe.stage": "bench"})
+    run_id = start_run(config, run_name="bench", tags={STAGE_TAG: "bench"})
     try:
         client.log_batch(run_id, metrics=[Metric(key, value, int(time.time() * 1000), 0)
                                           for key, value in numbers.items()])

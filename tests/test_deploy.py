@@ -4,6 +4,7 @@ promote/rollback, against the project's TF Serving-compatible server on loopback
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from components.deploy import run as deploy
+from components.deploy.__main__ import main as deploy_main
 from components.deploy.servability import NotServableError, check_servable
 from components.evaluate.run import run_evaluate
 from conftest import make_config
@@ -114,3 +116,63 @@ def test_cli_push(tiny_export, blessed, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert entry(base, "cvpipe").version_labels["stable"] == 1
+
+
+def cli_push(tiny_export: str, blessed: str, base: Path) -> list[str]:
+    return [sys.executable, "-m", "components.deploy", "push", "--model", tiny_export, "--evaluation", blessed,
+            "--model-base-path", str(base), "--name", "cvpipe"]
+
+
+def killed_when(command: list[str], moment, timeout: float = 300) -> None:
+    """Runs `command` and kills it with SIGKILL as soon as `moment()` is true."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not moment() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert process.poll() is None, "the push ended before the moment to kill it"
+    process.kill()
+    process.wait()
+
+
+def test_a_killed_push_leaves_state_that_the_next_push_repairs(tiny_export, blessed, tmp_path):
+    base = tmp_path / "serving"
+    model_dir = base / "cvpipe"
+    assert subprocess.run(cli_push(tiny_export, blessed, base), capture_output=True).returncode == 0
+    killed_when(cli_push(tiny_export, blessed, base), lambda: bool(list(model_dir.glob("2.tmp-*"))))  # copying
+    killed_when(cli_push(tiny_export, blessed, base), (model_dir / "2").exists)  # in place: the state writes follow
+    assert not list(model_dir.glob("2.tmp-*"))  # the second killed push removed the first one's
+    assert model_config(base).model_config_list.config[0].version_labels["stable"] in (1, 2)
+    assert [h["version"] for h in json.loads((model_dir / "deployments.json").read_text())] in ([1], [1, 2])
+
+    done = subprocess.run(cli_push(tiny_export, blessed, base), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((model_dir / "deployments.json").read_text())
+    assert [h["version"] for h in history] in ([1, 3], [1, 2, 3])  # 2 was recorded if its push got that far
+    assert entry(base, "cvpipe").version_labels["stable"] == 3 and history[-1]["labels"] == {"stable": 3}
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "3", "deployments.json", "deployments.json.bak"]
+
+
+def test_a_damaged_state_file_stops_deploy_until_its_backup_is_restored(tiny_export, blessed, tmp_path, caplog):
+    base = tmp_path / "serving"
+    deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed)
+    deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed, canary=True)
+    arguments = ["--model-base-path", str(base), "--name", "cvpipe"]
+    history = base / "cvpipe" / "deployments.json"
+    history.write_text(history.read_text()[:150])  # cut short
+    assert deploy_main(["promote", *arguments]) == 1
+    assert f"{history} is damaged: not valid JSON (" in caplog.text and "cut short" in caplog.text
+    assert f"restore it with: mv {history}.bak {history} (the last change is then lost" in caplog.text
+    assert dict(entry(base, "cvpipe").version_labels) == {"stable": 1, "canary": 2}  # nothing changed
+    os.replace(f"{history}.bak", history)  # the command the error gives
+    assert deploy_main(["promote", *arguments]) == 0
+    assert [h["action"] for h in json.loads(history.read_text())] == ["push", "promote"]  # the canary push is lost
+
+    caplog.clear()
+    config = base / "models.config"
+    config.write_text(config.read_text()[:-20])
+    assert deploy_main(["rollback", *arguments]) == 1
+    assert f"{config} is damaged: not a valid TF Serving model config" in caplog.text
+    assert f"restore it with: mv {config}.bak {config}" in caplog.text
+    os.replace(f"{config}.bak", config)  # the config before the promotion
+    assert deploy_main(["rollback", *arguments]) == 0
+    assert dict(entry(base, "cvpipe").version_labels) == {"stable": 1}

@@ -182,6 +182,18 @@ def test_log_stage_refuses_an_unknown_stage_and_an_unfinished_output(outputs, tm
         tracking.log_stage("ingest", outputs.train, config)
 
 
+def test_stage_runs_are_found_by_output_and_fingerprint(outputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = stage_config()
+    fingerprint = read_manifest(outputs.ingest, "ingest").fingerprint
+    assert tracking.stage_runs("ingest", outputs.ingest, fingerprint, config) == []  # not even an experiment
+    run_id = tracking.log_stage("ingest", outputs.ingest, config)
+    assert tracking.stage_runs("ingest", outputs.ingest, fingerprint, config) == [run_id]
+    assert tracking.stage_runs("ingest", outputs.ingest, "another fingerprint", config) == []
+    assert tracking.stage_runs("transform", outputs.ingest, fingerprint, config) == []
+    assert tracking.stage_runs("ingest", outputs.transform, fingerprint, config) == []
+
+
 def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, mlflow_server, monkeypatch,
                                                                       tmp_path):
     config = server_config(mlflow_server, monkeypatch, registered_model="classifier-aliases")

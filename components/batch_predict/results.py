@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from components import image_limits
+
 
 class Reason(str, enum.Enum):
     """Why an input has no prediction: every such input is one line of errors.jsonl."""
@@ -24,7 +26,7 @@ class Reason(str, enum.Enum):
     NOT_IMAGE = "not_image"  # no image format recognised
     UNSUPPORTED_FORMAT = "unsupported_format"  # an image format the serving graph does not decode (e.g. TIFF)
     CORRUPT = "corrupt"  # recognised, but the header or the data does not decode
-    TOO_LARGE = "too_large"  # over batch_predict.max_image_bytes or batch_predict.max_pixels
+    TOO_LARGE = "too_large"  # over batch_predict.max_image_bytes or max_pixels, or the model's pixel limit
     MALFORMED_ROW = "malformed_row"  # a CSV row without a URI, or a record without image bytes
     INFERENCE_ERROR = "inference_error"  # the model (or endpoint) refused this one image for another reason
 
@@ -107,14 +109,26 @@ def isolate(items: Sequence, call: Callable[[Sequence], list]) -> list:
 
 
 _NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s*\[\[|\s*$)")
+_ASSERTION = re.compile(r"^assertion failed: \[(.*)\]$")
 _DECODE_WORDS = re.compile(r"decod|jpeg|png|gif|bmp|webp|image|uncompress|truncat|premature", re.IGNORECASE)
+# The serving graph's own refusals (components.image_limits), before it decodes anything.
+_REFUSALS = (
+    (image_limits.TOO_MANY_PIXELS, Reason.TOO_LARGE), (image_limits.TOO_MANY_FRAME_PIXELS, Reason.TOO_LARGE),
+    (image_limits.TOO_LONG, Reason.TOO_LARGE), (image_limits.EMPTY, Reason.EMPTY_FILE),
+    (image_limits.NOT_AN_IMAGE, Reason.NOT_IMAGE),
+)
 
 
 def failure_from_message(message: str) -> Failure:
-    """A Failure for one image from an error message (TensorFlow's or a server's): `corrupt` when it
-    is about decoding the image, else `inference_error`."""
+    """A Failure for one image from an error message (TensorFlow's or a server's): the reason of a
+    refusal by the serving graph's input checks, `corrupt` when it is about decoding the image, else
+    `inference_error`. The detail is the message's first line without TensorFlow's wrapping."""
     lines = [line.strip() for line in message.splitlines() if not _NOISE.match(line)]
-    detail = (lines[0] if lines else message.strip())[:500]
+    detail = lines[0] if lines else message.strip()
+    detail = _ASSERTION.sub(r"\1", detail)[:500]
+    for template, reason in _REFUSALS:
+        if image_limits.matches(template, detail):
+            return Failure(reason.value, detail)
     if "Unknown image file format" in detail:
         return Failure(Reason.NOT_IMAGE.value, detail)
     reason = Reason.CORRUPT if _DECODE_WORDS.search(message) else Reason.INFERENCE_ERROR

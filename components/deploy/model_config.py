@@ -7,34 +7,40 @@ canary, its `canary` version; the labels name them. Other models in the file are
 from __future__ import annotations
 
 import posixpath
-import uuid
 
-import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from components.files import excerpt, read_state_file, write_file
 
 MODEL_CONFIG_FILE = "models.config"
 STABLE, CANARY = "stable", "canary"
 
 
 def read_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
-    """The parsed file, or an empty config when it does not exist yet."""
-    config = model_server_config_pb2.ModelServerConfig()
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            try:
-                text_format.Parse(f.read(), config)
-            except text_format.ParseError as e:
-                raise ValueError(f"{path} is not a valid TF Serving model config (ModelServerConfig text): {e}")
-    return config
+    """The parsed file, or an empty config when it does not exist yet; a damaged one raises
+    DamagedFileError (which names its backup, `models.config.bak`)."""
+    config = read_state_file(path, _parse)
+    return model_server_config_pb2.ModelServerConfig() if config is None else config
 
 
 def write_model_config(path: str, config: model_server_config_pb2.ModelServerConfig) -> None:
-    """Writes atomically (temporary file, then rename): a polling server never reads half a file."""
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text_format.MessageToString(config))
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    """Writes atomically, keeping the replaced config as its backup: a polling server never reads half a file."""
+    write_file(path, text_format.MessageToString(config), backup=True)
+
+
+def _parse(text: str) -> model_server_config_pb2.ModelServerConfig:
+    if not text.strip():  # the stage never writes an empty config: this one lost its content
+        raise ValueError(excerpt(text, 0))
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        lines = text.splitlines(keepends=True)
+        position = sum(len(line) for line in lines[:max(e.GetLine() - 1, 0)]) + max(e.GetColumn() - 1, 0)
+        raise ValueError(f"not a valid TF Serving model config (ModelServerConfig text: {e}; "
+                         f"{excerpt(text, position)})") from None
+    return config
 
 
 def labels(config: model_server_config_pb2.ModelServerConfig, name: str) -> dict[str, int]:

@@ -4,6 +4,9 @@
     BASE/NAME/<version>/               the SavedModel, copied whole (temporary name, then rename)
     BASE/NAME/deployments.json         what was deployed, promoted and rolled back, when and why
 
+models.config and deployments.json are replaced atomically, each keeping the content it replaced
+as `<file>.bak`; a damaged one stops the stage with a message naming the backup to restore.
+
 `push` copies a version in, after a servability check (TFX's InfraValidator idea: the version is
 loaded in a model server and answers its own warm-up requests), and makes it the `stable` version,
 or the `canary` next to the stable one. `promote` makes the canary stable; `rollback` drops the
@@ -37,7 +40,8 @@ from components.config import Config
 from components.deploy import model_config
 from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
 from components.export.run import next_version
-from components.manifest import read_json, read_manifest, write_json
+from components.files import excerpt, read_state_file
+from components.manifest import parse_json, read_json, read_manifest, write_json
 from components.staging import copy_tree, staged_output
 
 logger = logging.getLogger(__name__)
@@ -167,6 +171,7 @@ def _deployed(model_base_path: str, name: str):
     base = _absolute(model_base_path)
     config_file = model_config.model_config_path(base)
     server_config = model_config.read_model_config(config_file)
+    _history(posixpath.join(base, name))  # a damaged history stops the action before anything changes
     return base, config_file, server_config, model_config.labels(server_config, name)
 
 
@@ -194,15 +199,22 @@ def blessing_of(source: str, evaluation: str | None) -> dict[str, Any]:
 
 
 def _history(model_dir: str) -> list[dict[str, Any]]:
-    path = posixpath.join(model_dir, HISTORY_FILE)
-    return read_json(path) if tf.io.gfile.exists(path) else []
+    """The entries of deployments.json (none yet: empty); a damaged file raises DamagedFileError."""
+    return read_state_file(posixpath.join(model_dir, HISTORY_FILE), _parse_history) or []
+
+
+def _parse_history(text: str) -> list[dict[str, Any]]:
+    history = parse_json(text)
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise ValueError(f"not a JSON list of deployment entries but {type(history).__name__} {excerpt(text, 0)}")
+    return history
 
 
 def _record(model_dir: str, result: DeployResult, **details: Any) -> None:
-    """Appends the action to deployments.json and logs it."""
+    """Appends the action to deployments.json (the replaced content kept as deployments.json.bak) and logs it."""
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "action": result.action,
              "version": result.version, "labels": result.labels, **details}
-    write_json(posixpath.join(model_dir, HISTORY_FILE), [*_history(model_dir), entry])
+    write_json(posixpath.join(model_dir, HISTORY_FILE), [*_history(model_dir), entry], backup=True)
     logger.info("%s %s: labels %s (%s)", result.action, result.name, result.labels, result.model_config_file)
 
 

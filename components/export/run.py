@@ -5,8 +5,13 @@ Output `BASE/NAME/<version>/` (the next integer version; TF Serving's layout):
   assets/labels.txt                class names in id order, used by the graph
   assets.extra/tf_serving_warmup_requests
   tflite/model_<variant>.tflite    on-device variants (components.export.tflite)
-  export.json                      signatures, labels, TFLite sizes and accuracy against the SavedModel
+  export.json                      signatures, labels, the pixel limit, TFLite sizes and accuracy
+                                   against the SavedModel
   manifest.json                    written last
+
+The graph refuses images whose header declares more than ingest.max_pixels pixels (the limit ingest
+applies, taken from the configuration at export) before it decodes them; export.json and the
+manifest record the limit.
 
 The version appears whole: it is written under a non-integer name (which TF Serving ignores)
 and renamed into place.
@@ -77,11 +82,15 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
     target = posixpath.join(output, str(version))
     labels = read_labels(transform_dir)
     stats = read_json(posixpath.join(transform_dir, "stats.json"))
+    max_pixels = config.ingest.max_pixels
+    if max_pixels < stats["image_size"] ** 2:
+        raise ExportError(f"ingest.max_pixels={max_pixels} is below the model's own input size "
+                          f"{stats['image_size']}x{stats['image_size']}")
 
     with staged_output(target, overwrite=False) as work_dir:
-        serving = save_serving_model(posixpath.join(train_dir, MODEL_DIR), transform_dir, work_dir,
+        serving = save_serving_model(posixpath.join(train_dir, MODEL_DIR), transform_dir, work_dir, max_pixels,
                                      settings.filename_prefix)
-        warmup_images = _test_images(transform, transform_dir, settings.warmup_requests)
+        warmup_images = _test_images(transform, transform_dir, settings.warmup_requests, max_pixels)
         if warmup_images:
             write_warmup_requests(work_dir, model_name, warmup_images)
         loaded = tf.saved_model.load(work_dir)
@@ -94,31 +103,35 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
             "outputs": list(OUTPUT_KEYS),
             "labels": labels,
             "image_size": stats["image_size"],
+            "max_pixels": max_pixels,
             "warmup_requests": len(warmup_images),
             "tflite": variants,
             "seconds": round(time.monotonic() - started, 1),
         }
         write_json(posixpath.join(work_dir, EXPORT_FILE), export)
+        graph_config = {"export": config.to_dict()["export"], "ingest": {"max_pixels": max_pixels}}
         write_manifest(work_dir, Manifest(
             stage="export",
             fingerprint=hashlib.sha256(json.dumps(
-                {"train": train.fingerprint, "export": config.to_dict()["export"]}, sort_keys=True).encode()).hexdigest(),
+                {"train": train.fingerprint, **graph_config}, sort_keys=True).encode()).hexdigest(),
             inputs={"train": train_dir, "train_fingerprint": train.fingerprint, "transform": transform_dir,
                     "dataset_fingerprint": transform.inputs.get("ingest_fingerprint", "")},
-            config={"export": config.to_dict()["export"]},
-            outputs={"version": version, "signatures": export["signatures"], "labels": labels},
+            config=graph_config,
+            outputs={"version": version, "signatures": export["signatures"], "labels": labels,
+                     "max_pixels": max_pixels},
         ))
     logger.info("Exported %s version %d to %s in %.1f s: signatures %s; TFLite %s", model_name, version, target,
                 export["seconds"], export["signatures"], variants)
     return ExportResult(target, version, export)
 
 
-def _test_images(transform: Manifest, transform_dir: str, count: int) -> list[bytes]:
-    """Up to `count` encoded test images: the original bytes from the ingest output when it is still
-    there (they also exercise resizing), else the transform's resized ones."""
+def _test_images(transform: Manifest, transform_dir: str, count: int, max_pixels: int) -> list[bytes]:
+    """Up to `count` encoded test images of at most `max_pixels` pixels: the original bytes from the
+    ingest output when it is still there (they also exercise resizing), else the transform's resized ones."""
     ingest_dir = transform.inputs.get("ingest", "")
     source = ingest_dir if ingest_dir and tf.io.gfile.exists(posixpath.join(ingest_dir, "manifest.json")) else transform_dir
-    records = read_split(source, "test", decode=False).take(count)
+    records = read_split(source, "test", decode=False).filter(
+        lambda record: record["image/height"] * record["image/width"] <= max_pixels).take(count)
     return [record["image/encoded"].numpy() for record in records]
 
 

@@ -8,7 +8,8 @@ Output directory:
   manifest.json                                 written last: the output is complete
 
 Everything is written to `<output>.tmp-<id>` and renamed into place at the end
-(components.staging), so a failed run never leaves an output that looks complete.
+(components.staging), so a failed run never leaves an output that looks complete; what a killed
+run leaves behind is removed by the next one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from components.config import Config
 from components.ingest.pipeline import INPUTS_FILE, REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.ingest.rejections import Reason, Rejection
 from components.ingest.sources import list_inputs
-from components.manifest import Manifest, read_json, write_json, write_manifest
+from components.manifest import Manifest, Origin, read_json, write_json, write_manifest
 from components.staging import staged_output
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def run_ingest(
         else:
             rejections.append(Rejection(image.uri, Reason.UNKNOWN_LABEL, f"label {image.label!r} is not in ingest.labels"))
 
-    with staged_output(output, overwrite, keep_on=(IngestError,)) as work_dir:
+    origin = Origin(inputs={"images": input_path}, config={"ingest": config.to_dict()["ingest"]})
+    with staged_output(output, overwrite, keep_on=(IngestError,), origin=origin) as work_dir:
         logger.info("Ingesting %d images into %s (working in %s)", len(images), output, work_dir)
         options = beam_options(config, runner, beam_args, direct_running_mode="in_memory")
         with _untracked_by_gc(), beam_pipeline(options) as pipeline:
@@ -93,8 +95,8 @@ def run_ingest(
         write_manifest(work_dir, Manifest(
             stage="ingest",
             fingerprint=fingerprint,
-            inputs={"images": input_path},
-            config={"ingest": config.to_dict()["ingest"]},
+            inputs=origin.inputs,
+            config=origin.config,
             outputs={"shards": shards, "labels": vocabulary},
         ))
     logger.info(
