@@ -8,10 +8,9 @@ real one (50 kB of zlib that decodes to 1.2 GB).
 from __future__ import annotations
 
 import io
+import os
 import re
-import resource
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from components import image_header, image_limits
 from components.export.run import ExportError, run_export
 from components.manifest import read_manifest
 from conftest import make_config
+from hostile_corpus import read_status_kb, reset_peak
 from image_files import pattern
 
 SMALL_LIMIT = 4096  # pixels: the small model refuses a 100x100 image and takes 64x64
@@ -201,7 +201,10 @@ HOSTILE = {
     "jpeg_soi_only": (b"\xff\xd8\xff", "image_bytes[1]: the JPEG data ends inside its header"),
     "jpeg_scan_before_frame": (b"\xff\xd8\xff\xda\x00\x08" + b"\x00" * 40, "image_bytes[1]: the JPEG header does "
                                                                             "not parse"),
-    "jpeg_garbage_after_soi": (b"\xff\xd8" + b"\x01" * 100, "image_bytes[1]: the JPEG header does not parse"),
+    "jpeg_without_marker_after_soi": (b"\xff\xd8" + b"\x01" * 100, "image_bytes[1] is not a JPEG, PNG, GIF, BMP or "
+                                                                     "WebP image (it starts with 0xffd8010101010101)"),
+    "jpeg_garbage_after_a_marker": (b"\xff\xd8\xff\xe0\x00\x04\x00\x00" + b"\x01" * 100,
+                                    "image_bytes[1]: the JPEG header does not parse"),
     "jpeg_too_many_segments": (jpeg_segments(jpeg_of_size(8, 8), *[comment(b"")] * 200),
                                "image_bytes[1]: the JPEG header is longer than the 128 blocks this model reads"),
     "gif_truncated": (b"GIF89a\x0a\x00", "image_bytes[1]: the GIF data ends inside its header"),
@@ -221,10 +224,8 @@ def test_hostile_bytes_are_refused_in_the_graph_before_decoding(name):
     data, message = HOSTILE[name]
     check = tf.function(lambda images: image_header.check_image_bytes(images, LIMIT))
     good = encoded(pattern(30, 40, 2), "PNG")
-    started = time.monotonic()
     with pytest.raises(tf.errors.InvalidArgumentError) as refused:
         check(tf.constant([good, data, good]))
-    assert time.monotonic() - started < 5
     assert message in refused.value.message
     assert f"assertion failed: [{message}" in refused.value.message  # the text itself, short and whole
     assert check(tf.constant([good])).shape == (1,)
@@ -271,14 +272,14 @@ def test_a_bomb_is_refused_fast_and_without_memory(tiny_export):
              gif_of_frames((10, 10), [(30000, 30000)])]
     assert max(len(bomb) for bomb in bombs) < 100_000
     serve(image_bytes=tf.constant([good]))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    started = time.monotonic()
+    reset_peak(os.getpid())
+    before = read_status_kb(os.getpid(), "VmHWM") * 1024
     for bomb in bombs:
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[1\]: the (PNG|JPEG|GIF) header "
                                                                  r"declares \d+x\d+ = \d+ pixels, more than the 40000000"):
             serve(image_bytes=tf.constant([good, bomb]))
-    assert time.monotonic() - started < 5  # decoding the PNG alone takes 16 s
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 200 * 2**20  # decoded: 1.2 GB
+    # the peak since the reset: decoding the PNG alone would take 400 MB at one byte per pixel, 1.2 GB as RGB
+    assert read_status_kb(os.getpid(), "VmHWM") * 1024 - before < 100 * 2**20
 
 
 def test_every_format_classifies_as_the_transform_graph_does(tiny_run, tiny_export):
