@@ -7,6 +7,8 @@ process (its own GIL, its RSS measurable); clients are threads of this process o
 
 Rows, each against a baseline measured in the same run:
 - in-process `signatures["serving_default"]` on 1 image (latency) and on a batch of 16 (images/s);
+- the in-graph header check (components.image_header) alone on the same batch of 16: its share of
+  `serving_default`'s time (target < 5 %);
 - REST and gRPC predict, 1 and 16 concurrent clients, batching off and on: p50/p99 latency and
   requests/s. Targets: REST p50 overhead <= 3 ms over in-process (1 client, one image); with 16
   clients and batching on, throughput >= 0.7x the in-process call at batch 16;
@@ -40,6 +42,8 @@ from bench.train import PER_CLASS, transformed_demo
 from components.config import load_config
 from components.demo_data import generate_demo_dataset
 from components.export.run import run_export
+from components.image_header import check_image_bytes
+from components.manifest import read_manifest
 from components.train.run import run_training
 from serving.client import GrpcClient, RestClient
 from serving.policy import list_versions
@@ -198,6 +202,20 @@ def _in_process(base: Path, jpeg: bytes, repeats: int) -> tuple[list[Measured], 
     return singles, batches
 
 
+def _header_check_row(base: Path, jpeg: bytes, batch_rate: float, repeats: int) -> dict:
+    """The header check alone on a batch of 16 (the export's limit), against serving_default's rate."""
+    max_pixels = read_manifest(str(base), "export").outputs["max_pixels"]
+    check = tf.function(lambda images: check_image_bytes(images, max_pixels))
+    images = tf.constant([jpeg] * BATCH)
+    rates = [_drive([lambda: check(images).numpy()], SECONDS).rate * BATCH for _ in range(repeats)]
+    share = batch_rate / statistics.median(rates) * 100
+    return {"benchmark": "serving", "variant": f"header check alone, batch of {BATCH}",
+            "images_per_s": round(statistics.median(rates), 1),
+            "vs_baseline": round(statistics.median(rates) / batch_rate, 1),
+            "note": f"{share:.2f} % of serving_default's time per image (target < 5 %); images/s range "
+                    f"{_range((min(rates), max(rates)))}"}
+
+
 def _summary(runs: list[Measured]) -> dict:
     p50s, p99s, rates = [r.percentile(50) for r in runs], [r.percentile(99) for r in runs], [r.rate for r in runs]
     return {"p50_ms": round(statistics.median(p50s), 2), "p99_ms": round(statistics.median(p99s), 2),
@@ -226,6 +244,7 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         {"benchmark": "serving", "variant": f"in-process serving_default, batch of {BATCH} (baseline)",
          "images_per_s": round(batch_rate, 1), "vs_baseline": 1.0,
          "note": f"images/s range {_range((min(batches), max(batches)))}"},
+        _header_check_row(base, jpeg, batch_rate, repeats),
     ]
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
     batching_file = data_dir / "serving" / "batching.config"
