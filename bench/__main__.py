@@ -12,8 +12,8 @@ import platform
 from pathlib import Path
 
 from bench import batch_predict, ingest, machine, serving, train
-from components.cli import configure_logging
 from components.config import load_config
+from components.logging_setup import configure_logging
 from components.manifest import code_version
 
 BENCHMARKS = {"ingest": ingest.run, "train": train.run, "serving": serving.run, "batch_predict": batch_predict.run}

@@ -308,7 +308,7 @@ def _load_row(server: _Server, body: bytes, jpeg: bytes) -> dict:
 
 
 if __name__ == "__main__":  # python -m bench.serving: this benchmark alone, rows as JSON lines
-    from components.cli import configure_logging
+    from components.logging_setup import configure_logging
 
     configure_logging()
     for result in run(ROOT / "bench" / "data", 0, 2):

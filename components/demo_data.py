@@ -20,7 +20,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from components.cli import configure_logging
+from components.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
 

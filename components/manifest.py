@@ -41,7 +41,7 @@ class Origin:
     """What a stage output is made from, as its manifest records it: its `inputs` and `config`.
 
     A stage passes it to `staging.staged_output` too: a rerun onto a finished output made from the
-    same origin can then finish what the killed run did not (its tracking, see `cli.run_stage`).
+    same origin can then finish what the killed run did not (its tracking, see `stage_runner.run_stage`).
     """
 
     inputs: dict[str, Any]

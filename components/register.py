@@ -15,7 +15,6 @@ import os
 import posixpath
 import sys
 
-from components.cli import PARENT_RUN_ENV, add_config_arguments, config_from_args, configure_logging
 from components.config import Config
 from components.manifest import read_json, read_manifest
 
@@ -47,6 +46,11 @@ def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: registers `--model` evaluated by `--evaluation`; the exit code says whether it is registered."""
+    from components.cli import add_config_arguments, config_from_args
+    from components.logging_setup import configure_logging
+    from components.stage_runner import PARENT_RUN_ENV
+
     parser = argparse.ArgumentParser(prog="python -m components.register",
                                      description="Register an evaluated export in the MLflow model registry; "
                                      "a blessed one becomes the champion.")

@@ -592,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: `start` prints a new pipeline run's id (for $CVPIPE_MLFLOW_PARENT_RUN_ID); `finish RUN_ID` ends it."""
     import argparse
 
-    from components.cli import add_config_arguments, config_from_args, configure_logging
+    from components.cli import add_config_arguments, config_from_args
+    from components.logging_setup import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m components.tracking",
                                      description="Start or finish the MLflow parent run of a pipeline run.")

@@ -12,8 +12,9 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from components.cli import add_config_arguments, config_from_args, configure_logging
+from components.cli import add_config_arguments, config_from_args
 from components.config import Config
+from components.logging_setup import configure_logging
 from pipeline.definition import PlatformOptions
 
 logger = logging.getLogger("pipeline")

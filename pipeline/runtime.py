@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 def step_setup(config: Mapping[str, Any]) -> Config:
     """Configures logging like the stage CLIs (replacing kfp's executor format, which drops the logger
     names) and returns the step's configuration."""
-    from components.cli import configure_logging
+    from components.logging_setup import configure_logging
 
     logging.getLogger().handlers.clear()
     configure_logging()

@@ -29,7 +29,7 @@ import grpc
 from aiohttp import web
 from tensorflow_serving.config import model_server_config_pb2
 
-from components.cli import configure_logging
+from components.logging_setup import configure_logging
 from serving import config as config_files
 from serving.batching import BatchScheduler
 from serving.config import ConfigError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.cli import EMBEDDED_SAMPLING_PERIOD_MS, beam_options, beam_pipeline, runs_on_one_worker
+from components.beam_runtime import EMBEDDED_SAMPLING_PERIOD_MS, beam_options, beam_pipeline, runs_on_one_worker
 from components.config import ConfigError, load_config
 
 

@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from components import dataset, records
-from components.cli import beam_options, beam_pipeline
+from components.beam_runtime import beam_options, beam_pipeline
 from components.ingest import run as ingest_run
 from components.ingest.images import check_image, normalized_pixels
 from components.ingest.pipeline import REJECTED, Accepted, Candidate, WriteShard, build_pipeline

@@ -31,6 +31,7 @@ from components.batch_predict.models import ModelInfo, resolve_model
 from components.batch_predict.outputs import ROWS_PER_SHARD
 from components.batch_predict.pipeline import ERRORS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.batch_predict.remote import EndpointError
+from components.beam_runtime import beam_options, beam_pipeline
 from components.config import BatchPredictConfig, Config
 from components.manifest import Manifest, read_json, write_json, write_manifest
 from components.staging import staged_output
@@ -70,8 +71,6 @@ def run_batch_predict(
     `output_format` overrides batch_predict.format; `splits` selects splits of an ingest output;
     `labels` is a labels.txt for the top-k labels of an endpoint (a SavedModel has its own).
     """
-    from components.cli import beam_options, beam_pipeline
-
     settings = config.batch_predict
     fmt = output_format or settings.format
     if fmt not in BatchPredictConfig.FORMATS:

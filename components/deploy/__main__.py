@@ -7,7 +7,8 @@ import argparse
 import logging
 import sys
 
-from components.cli import add_config_arguments, config_from_args, configure_logging
+from components.cli import add_config_arguments, config_from_args
+from components.logging_setup import configure_logging
 
 logger = logging.getLogger("components.deploy")
 

@@ -6,7 +6,9 @@ import argparse
 import sys
 import tempfile
 
-from components.cli import add_config_arguments, config_from_args, configure_logging, run_stage
+from components.cli import add_config_arguments, config_from_args
+from components.logging_setup import configure_logging
+from components.stage_runner import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:

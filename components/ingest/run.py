@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import tensorflow as tf
 
 from components import records
+from components.beam_runtime import beam_options, beam_pipeline, runs_on_one_worker
 from components.config import Config
 from components.ingest.pipeline import INPUTS_FILE, REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.ingest.rejections import Reason, Rejection
@@ -61,8 +62,6 @@ def run_ingest(
     overwrite: bool = False,
 ) -> IngestResult:
     """Runs the ingest Beam pipeline and moves its complete output to `output`."""
-    from components.cli import beam_options, beam_pipeline, runs_on_one_worker
-
     started = time.monotonic()
     inputs = list_inputs(input_path)
     vocabulary = config.ingest.labels or inputs.labels

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from components.cli import add_config_arguments, config_from_args, configure_logging, run_stage
+from components.cli import add_config_arguments, config_from_args
 from components.config import DISTRIBUTE, MODELS
+from components.logging_setup import configure_logging
+from components.stage_runner import run_stage
 
 # Flags that set one train.* value each, for the common hyperparameters.
 _FLAGS = {

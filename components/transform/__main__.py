@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from components.cli import add_beam_stage_arguments, config_from_args, configure_logging, run_stage
+from components.cli import add_beam_stage_arguments, config_from_args
+from components.logging_setup import configure_logging
+from components.stage_runner import run_stage
 from components.transform.run import TransformError, run_transform
 
 

@@ -32,6 +32,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from components import records
+from components.beam_runtime import beam_options, beam_pipeline
 from components.config import Config, TransformConfig
 from components.dataset import read_labels, split_files
 from components.manifest import Manifest, read_json, read_manifest, write_json, write_manifest
@@ -102,8 +103,6 @@ def run_transform(
     overwrite: bool = False,
 ) -> TransformResult:
     """Analyses the training split with tf.transform and materialises every split."""
-    from components.cli import beam_options, beam_pipeline
-
     started = time.monotonic()
     ingest = read_manifest(ingest_dir, "ingest")
     labels = read_labels(ingest_dir)
