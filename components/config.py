@@ -24,7 +24,7 @@ DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 
 
 class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+    """cvpipe's configuration (its file or a --set override) is invalid; the message names the key."""
 
 
 @dataclass

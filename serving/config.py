@@ -22,8 +22,11 @@ DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
 M = TypeVar("M", bound=message.Message)
 
 
-class ConfigError(ValueError):
-    """A configuration file that cannot be read or does not describe a valid configuration."""
+class ServerConfigError(ValueError):
+    """A model server flag or configuration file (TF Serving's text protos) that cannot be used.
+
+    Not cvpipe's own configuration: that is components.config.ConfigError.
+    """
 
 
 def read_text_proto(path: str, proto: M) -> M:
@@ -33,11 +36,11 @@ def read_text_proto(path: str, proto: M) -> M:
         with tf.io.gfile.GFile(path) as f:
             text = f.read()
     except (OSError, tf.errors.OpError) as e:
-        raise ConfigError(f"cannot read the {kind} file {path}: {e}") from e
+        raise ServerConfigError(f"cannot read the {kind} file {path}: {e}") from e
     try:
         return text_format.Parse(text, proto)
     except text_format.ParseError as e:
-        raise ConfigError(f"Invalid protobuf file: '{path}' is not a text-format {kind}: {e}") from e
+        raise ServerConfigError(f"Invalid protobuf file: '{path}' is not a text-format {kind}: {e}") from e
 
 
 def read_model_server_config(path: str) -> model_server_config_pb2.ModelServerConfig:
@@ -90,7 +93,7 @@ def batching_options(path: str = "") -> BatchingOptions:
         problems.append("pad_variable_length_inputs is not supported by this server: remove it (requests whose "
                         "inputs differ in shape beyond the batch dimension are batched separately instead)")
     if problems:
-        raise ConfigError(f"batching parameters file {path}: " + "; ".join(problems))
+        raise ServerConfigError(f"batching parameters file {path}: " + "; ".join(problems))
     return options
 
 
@@ -103,6 +106,6 @@ def prometheus_path(path: str = "") -> str | None:
         return None
     metrics_path = config.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
     if not metrics_path.startswith("/"):
-        raise ConfigError(f"monitoring config file {path}: prometheus_config.path must start with '/', "
+        raise ServerConfigError(f"monitoring config file {path}: prometheus_config.path must start with '/', "
                           f"got {metrics_path!r}")
     return metrics_path

@@ -32,7 +32,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from components.logging_setup import configure_logging
 from serving import config as config_files
 from serving.batching import BatchScheduler
-from serving.config import ConfigError
+from serving.config import ServerConfigError
 from serving.connections import HeadDeadlines, HeadTimeoutSite
 from serving.core import ServingCore
 from serving.errors import ServingError, invalid_argument, permission_denied
@@ -83,7 +83,7 @@ def _grpc_arguments(text: str) -> list[tuple[str, int | str]]:
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+            raise ServerConfigError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
         arguments.append((key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value.strip()))
     return arguments
 
@@ -133,7 +133,7 @@ class ModelServer:
         return config_files.single_model_config(self.options.model_name, self.options.model_base_path)
 
     def start(self) -> BoundPorts:
-        """Loads the models and starts serving; returns the bound ports. Raises ConfigError for bad
+        """Loads the models and starts serving; returns the bound ports. Raises ServerConfigError for bad
         configuration and ServingError when a model's initial version fails to load."""
         options = self.options
         model_config = self._model_config()
@@ -176,8 +176,8 @@ class ModelServer:
             add_services(self._grpc, core, grpc_pool, self.handle_reload_config_request, options.max_request_instances)
             grpc_port = self._grpc.add_insecure_port(f"{options.bind_address}:{options.port}")
             if not grpc_port:
-                raise ConfigError(f"cannot listen for gRPC on {options.bind_address}:{options.port}: in use or "
-                                  f"not a local address (choose --port or --bind_address)")
+                raise ServerConfigError(f"cannot listen for gRPC on {options.bind_address}:{options.port}: in use "
+                                        f"or not a local address (choose --port or --bind_address)")
             await self._grpc.start()
             logger.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
             rest_port = None
@@ -200,8 +200,9 @@ class ModelServer:
                     listener.bind((options.bind_address, options.rest_api_port))
                 except OSError as e:
                     listener.close()
-                    raise ConfigError(f"cannot listen for HTTP on {options.bind_address}:{options.rest_api_port}: "
-                                      f"{e.strerror} (choose --rest_api_port or --bind_address)") from e
+                    raise ServerConfigError(f"cannot listen for HTTP on {options.bind_address}:"
+                                            f"{options.rest_api_port}: {e.strerror} (choose --rest_api_port or "
+                                            f"--bind_address)") from e
                 await HeadTimeoutSite(self._runner, listener, deadlines).start()
                 rest_port = listener.getsockname()[1]
                 logger.info("Exporting HTTP/REST API at:%s:%d ...", options.bind_address, rest_port)
@@ -249,7 +250,7 @@ class ModelServer:
     def _reload_config_file(self) -> None:
         try:
             self.reload_config(config_files.read_model_server_config(self.options.model_config_file))
-        except (ConfigError, ServingError) as e:
+        except (ServerConfigError, ServingError) as e:
             logger.error("Failed to reload the model config file %s, still serving the previous config: %s",
                          self.options.model_config_file, e)
 
@@ -314,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     try:
         server.start()
-    except (ConfigError, ServingError) as e:
+    except (ServerConfigError, ServingError) as e:
         logger.error("Failed to start server. Error: %s", e)
         return 1
     stopping.wait()

@@ -22,7 +22,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from half_plus_two import build_half_plus_two
 from serving.client import GrpcClient, RestClient, RestError
-from serving.config import ConfigError
+from serving.config import ServerConfigError
 from serving.errors import ServingError
 from serving.options import ServerOptions
 from serving.server import ModelServer
@@ -284,16 +284,17 @@ def test_requests_past_their_deadline_fail_and_leave_their_batch(tmp_path):
 
 
 def test_bad_configuration_is_refused_with_the_file_named(tmp_path):
-    with pytest.raises(ConfigError, match=f"cannot read the tensorflow.serving.ModelServerConfig file {tmp_path}/nope"):
+    with pytest.raises(ServerConfigError,
+                       match=f"cannot read the tensorflow.serving.ModelServerConfig file {tmp_path}/nope"):
         ModelServer(ServerOptions(model_config_file=str(tmp_path / "nope"))).start()
     bad = tmp_path / "batching.config"
     bad.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4")
     options = ServerOptions(model_name=MODEL, model_base_path=str(tmp_path), enable_batching=True,
                             batching_parameters_file=str(bad))
-    with pytest.raises(ConfigError, match=f"batching parameters file {bad}: the last allowed_batch_sizes entry"):
+    with pytest.raises(ServerConfigError, match=f"batching parameters file {bad}: the last allowed_batch_sizes entry"):
         ModelServer(options).start()
     bad.write_text("max_batch_size: 8")
-    with pytest.raises(ConfigError, match=f"Invalid protobuf file: '{bad}'"):
+    with pytest.raises(ServerConfigError, match=f"Invalid protobuf file: '{bad}'"):
         ModelServer(options).start()
     relative = ServerOptions(model_name=MODEL, model_base_path="models/hpt", port=0, rest_api_port=None)
     with pytest.raises(ServingError, match="Expected model hpt to have an absolute path or URI"):
