@@ -1,5 +1,5 @@
-"""`python -m bench [--only NAME] [--images N]`: runs the benchmarks, prints a table, writes
-bench/results.json and bench/results.md."""
+"""`python -m bench [--only NAME] [--data DIR] [--results DIR] [--images N] ...`: runs the benchmarks, prints a
+table, writes results.json and results.md (into bench/ unless --results says otherwise)."""
 
 from __future__ import annotations
 
@@ -10,43 +10,68 @@ import logging
 import os
 import platform
 from pathlib import Path
+from typing import Sequence
 
 from bench import batch_predict, ingest, machine, serving, train
+from bench.settings import BENCH_DIR, BenchSettings
 from components.config import load_config
 from components.logging_setup import configure_logging
 from components.manifest import code_version
 
 BENCHMARKS = {"ingest": ingest.run, "train": train.run, "serving": serving.run, "batch_predict": batch_predict.run}
-HERE = Path(__file__).resolve().parent
+RESULT_FILES = ("results.json", "results.md")
 logger = logging.getLogger("bench")
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; its defaults are `make bench`'s (BenchSettings' defaults)."""
+    defaults = BenchSettings()
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only these benchmarks")
-    parser.add_argument("--images", type=int, default=3000, help="demo images per benchmark (default 3000)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each variant; the fastest counts")
-    args = parser.parse_args()
+    parser.add_argument("--data", type=Path, default=defaults.data_dir,
+                        help="where demo data and models are built once and reused (default bench/data)")
+    parser.add_argument("--results", type=Path, default=BENCH_DIR,
+                        help="where results.json and results.md are written (default bench/)")
+    parser.add_argument("--images", type=int, default=defaults.images,
+                        help=f"demo images for ingest and batch scoring (default {defaults.images})")
+    parser.add_argument("--train-images", type=int, default=defaults.train_images,
+                        help=f"demo images for transform, training and the benchmark models "
+                             f"(default {defaults.train_images})")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats,
+                        help="timed runs of each variant; the fastest counts")
+    parser.add_argument("--seconds", type=float, default=defaults.seconds,
+                        help=f"each timed serving variant (default {defaults.seconds:g})")
+    parser.add_argument("--load-seconds", type=float, default=defaults.load_seconds,
+                        help=f"the serving load test (default {defaults.load_seconds:g})")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = BenchSettings(data_dir=args.data, images=args.images, train_images=args.train_images,
+                             repeats=args.repeats, seconds=args.seconds, load_seconds=args.load_seconds)
     configure_logging()
     rows = machine.run()
     for name in args.only or sorted(BENCHMARKS):
-        logger.info("benchmark %s: %d images, %d repeats", name, args.images, args.repeats)
-        rows += BENCHMARKS[name](HERE / "data", args.images, args.repeats)
+        logger.info("benchmark %s: %s", name, settings)
+        rows += BENCHMARKS[name](settings)
     results = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "code_version": code_version(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "rows": rows,
     }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    args.results.mkdir(parents=True, exist_ok=True)
+    json_file, table_file = (args.results / name for name in RESULT_FILES)
+    json_file.write_text(json.dumps(results, indent=2))
     table = _table(rows)
-    (HERE / "results.md").write_text(table + "\n")
+    table_file.write_text(table + "\n")
     print(table)  # the table is the command's output
     config = load_config()
     if config.tracking.enabled:
         from components import tracking
 
-        tracking.log_benchmark(results, [str(HERE / "results.json"), str(HERE / "results.md")], config)
+        tracking.log_benchmark(results, [str(json_file), str(table_file)], config)
 
 
 def _table(rows: list[dict]) -> str:

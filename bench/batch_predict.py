@@ -1,8 +1,8 @@
 """Batch scoring throughput: Beam RunInference (in process, and against a serving endpoint) against a
 plain single-process loop calling the SavedModel's `serving_default` in batches of the same size.
 
-Model: small_cnn at 96x96 trained briefly on the demo data and exported (cached in
-DATA/batch_predict/). Inputs: the demo images (JPEG and PNG, 48-512 px), as files.
+Model: small_cnn at 96x96 trained briefly on the demo data and exported (bench.fixtures caches it).
+Inputs: the demo images (JPEG and PNG, 48-512 px), as files.
 
 Two rates per Beam variant: steady-state (from the first model call to the last, over all workers:
 `scoring_images_per_second` of summary.json) and end-to-end (the whole stage: worker start-up, model
@@ -18,35 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.fixtures import ModelSpec, demo_images, exported_model, image_files
+from bench.settings import BenchSettings
 from components.config import load_config
-from components.demo_data import CLASSES, generate_demo_dataset
 
 logger = logging.getLogger(__name__)
 
 BATCH = 64
 MODEL_NAME = "small_cnn"
 IMAGE_SIZE = 96
-
-
-def prepare_model(data_dir: Path) -> str:
-    """The exported benchmark model (trained and exported once, then reused); its version directory."""
-    from components.evaluate.run import saved_model_dir
-    from components.export.run import run_export
-    from components.manifest import MANIFEST_FILE
-    from components.train.run import run_training
-
-    base = data_dir / "batch_predict" / "models" / MODEL_NAME
-    if base.is_dir() and any((v / MANIFEST_FILE).exists() for v in base.iterdir() if v.name.isdigit()):
-        return saved_model_dir(str(base))
-    transform_dir = data_dir / f"transform-{IMAGE_SIZE}"
-    if not (transform_dir / MANIFEST_FILE).exists():
-        from bench.train import _transformed
-
-        _transformed(data_dir, IMAGE_SIZE)
-    config = load_config(overrides=[f"train.model={MODEL_NAME}", "train.epochs=3", "train.tensorboard_images=0",
-                                    "export.tflite=[]", "export.warmup_requests=1", "tracking.enabled=false"])
-    train = run_training(str(transform_dir), str(data_dir / "batch_predict" / "train"), config, overwrite=True)
-    return run_export(train.output, str(transform_dir), str(base), config).output
+SCORED_MODEL = ModelSpec(MODEL_NAME, IMAGE_SIZE, epochs=3, model=MODEL_NAME)
 
 
 def baseline_loop(model_dir: str, uris: list[str], batch_size: int = BATCH) -> tuple[float, float, int]:
@@ -104,15 +85,13 @@ class _Server:
         self._server.stop()
 
 
-def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
-    per_class = -(-images // len(CLASSES))
-    source = data_dir / f"demo-seed0-{per_class}"
-    uris = sorted(str(p) for p in source.rglob("*") if p.is_file())
-    if len(uris) != per_class * len(CLASSES):  # generated once, then reused (the generator is deterministic)
-        generate_demo_dataset(source, seed=0, per_class=per_class)
-        uris = sorted(str(p) for p in source.rglob("*") if p.is_file())
+def run(settings: BenchSettings) -> list[dict]:
+    """The batch scoring rows: `settings.images` demo images scored by every variant."""
+    repeats = settings.repeats
+    source = demo_images(settings.data_dir, settings.images)
+    uris = image_files(source)
     count = len(uris)
-    model_dir = prepare_model(data_dir)
+    model_dir = str(exported_model(settings.data_dir, SCORED_MODEL, settings.train_images).version_dir)
     glob = str(source / "*" / "*")
 
     variants = {

@@ -12,9 +12,10 @@ from typing import Callable
 
 import tensorflow as tf
 
+from bench.fixtures import demo_images, image_files
+from bench.settings import BenchSettings
 from components import records
 from components.config import Config, load_config
-from components.demo_data import CLASSES, generate_demo_dataset
 from components.ingest.run import run_ingest
 from components.ingest.images import check_image, stored_bytes
 from components.ingest.lookahead import available_cpus
@@ -61,14 +62,14 @@ VARIANTS: dict[str, Callable[[str, str], object]] = {
 }
 
 
-def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
-    """Every variant on `images` images, then the baseline and the default on three times as many.
+def run(settings: BenchSettings) -> list[dict]:
+    """Every variant on `settings.images` images, then the baseline and the default on three times as many.
 
     The two sizes also give the default's marginal rate: the time per extra image, without the
     fixed cost of starting and finishing a Beam job.
     """
-    small_rows, small = _measure(data_dir, images, repeats, VARIANTS)
-    large_rows, large = _measure(data_dir, 3 * images, repeats,
+    small_rows, small = _measure(settings.data_dir, settings.images, settings.repeats, VARIANTS)
+    large_rows, large = _measure(settings.data_dir, 3 * settings.images, settings.repeats,
                                  {name: VARIANTS[name] for name in (BASELINE, DEFAULT)}, suffix=", 3x the images")
     return small_rows + large_rows + [_marginal(small, large)]
 
@@ -81,11 +82,10 @@ class Timing:
 
 def _measure(data_dir: Path, images: int, repeats: int, variants: dict[str, Callable[[str, str], object]],
              suffix: str = "") -> tuple[list[dict], Timing]:
-    per_class = -(-images // len(CLASSES))
-    source = data_dir / f"demo-seed0-{per_class}"
-    generate_demo_dataset(source, seed=0, per_class=per_class)  # idempotent: rewrites identical files
-    source_mb = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) / 1e6
-    count = per_class * len(CLASSES)
+    source = demo_images(data_dir, images)
+    files = image_files(source)
+    source_mb = sum(Path(f).stat().st_size for f in files) / 1e6
+    count = len(files)
     best: dict[str, float] = {}
     record_bytes = {}
     for repeat in range(repeats):

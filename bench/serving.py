@@ -14,6 +14,8 @@ Rows, each against a baseline measured in the same run:
   clients and batching on, throughput >= 0.7x the in-process call at batch 16;
 - a 60 s load of 16 clients (8 REST, 8 gRPC, batching on): errors (target 0) and server RSS growth
   (target < 10 %).
+
+Each measured variant runs `BenchSettings.seconds` (6 s) after its warm-up, the load `load_seconds` (60 s).
 """
 
 from __future__ import annotations
@@ -38,49 +40,29 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from bench.train import PER_CLASS, transformed_demo
-from components.config import load_config
-from components.demo_data import generate_demo_dataset
-from components.export.run import run_export
+from bench.fixtures import ExportedModel, ModelSpec, demo_images, exported_model, image_files
+from bench.settings import BENCH_DIR, BenchSettings
 from components.image_header import check_image_bytes
 from components.manifest import read_manifest
-from components.train.run import run_training
 from serving.client import GrpcClient, RestClient
-from serving.policy import list_versions
 
 logger = logging.getLogger(__name__)
 
 MODEL = "cvpipe-classifier"
 IMAGE_SIZE = 224
+SERVED_MODEL = ModelSpec(MODEL, IMAGE_SIZE, epochs=1)
 BATCH = 16
 CLIENTS = (1, BATCH)
-SECONDS = 6.0  # per measured variant, after a warm-up
-LOAD_SECONDS = 60.0
-ROOT = Path(__file__).resolve().parent.parent
+LOAD_WARMUP_SECONDS = 5.0  # the load test's steady state before the first RSS reading
+ROOT = BENCH_DIR.parent
 # TF Serving's CPU advice: one batch thread per core, a short timeout.
 BATCHING = (f"max_batch_size {{ value: {BATCH} }} batch_timeout_micros {{ value: 2000 }} "
             f"num_batch_threads {{ value: {os.cpu_count() or 1} }} max_enqueued_batches {{ value: 64 }}")
 
 
-def _served_model(data_dir: Path) -> Path:
-    """The export stage's SavedModel of a 224x224 small_cnn (built once, then reused); its base path."""
-    base = data_dir / "serving" / "models" / MODEL
-    if list_versions(str(base)):
-        return base
-    transform_dir = data_dir / f"transform-{IMAGE_SIZE}"
-    if not (transform_dir / "manifest.json").exists():
-        transform_dir = Path(transformed_demo(data_dir, IMAGE_SIZE)[0])
-    config = load_config(overrides=["train.epochs=1", "train.tensorboard_images=0", "export.tflite=[]"])
-    train = run_training(str(transform_dir), str(data_dir / "serving" / "train"), config, overwrite=True)
-    run_export(train.output, str(transform_dir), str(base), config)
-    return base
-
-
-def _jpeg(data_dir: Path) -> bytes:
-    """A 224x224 JPEG made from a demo image."""
-    images = data_dir / f"demo-seed0-{PER_CLASS}"
-    generate_demo_dataset(images, seed=0, per_class=PER_CLASS)
-    source = next(p for p in sorted(images.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg"))
+def _jpeg(images_dir: Path) -> bytes:
+    """A 224x224 JPEG made from the first JPEG demo image of `images_dir`."""
+    source = next(p for p in map(Path, image_files(images_dir)) if p.suffix.lower() in (".jpg", ".jpeg"))
     buffer = io.BytesIO()
     Image.open(source).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -190,24 +172,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _in_process(base: Path, jpeg: bytes, repeats: int) -> tuple[list[Measured], list[float]]:
+def _in_process(model: ExportedModel, jpeg: bytes, settings: BenchSettings) -> tuple[list[Measured], list[float]]:
     """Baselines: single-image calls (latency) and images/s at batch 16, per repeat."""
-    serve = tf.saved_model.load(str(base / str(max(list_versions(str(base)))))).signatures["serving_default"]
+    serve = tf.saved_model.load(str(model.version_dir)).signatures["serving_default"]
 
     def call(images: list[bytes]) -> Callable[[], None]:
         return lambda: {k: v.numpy() for k, v in serve(image_bytes=tf.constant(images)).items()}
 
-    singles = [_drive([call([jpeg])], SECONDS) for _ in range(repeats)]
-    batches = [_drive([call([jpeg] * BATCH)], SECONDS).rate * BATCH for _ in range(repeats)]
+    singles = [_drive([call([jpeg])], settings.seconds) for _ in range(settings.repeats)]
+    batches = [_drive([call([jpeg] * BATCH)], settings.seconds).rate * BATCH for _ in range(settings.repeats)]
     return singles, batches
 
 
-def _header_check_row(base: Path, jpeg: bytes, batch_rate: float, repeats: int) -> dict:
+def _header_check_row(model: ExportedModel, jpeg: bytes, batch_rate: float, settings: BenchSettings) -> dict:
     """The header check alone on a batch of 16 (the export's limit), against serving_default's rate."""
-    max_pixels = read_manifest(str(base), "export").outputs["max_pixels"]
+    max_pixels = read_manifest(str(model.version_dir), "export").outputs["max_pixels"]
     check = tf.function(lambda images: check_image_bytes(images, max_pixels))
     images = tf.constant([jpeg] * BATCH)
-    rates = [_drive([lambda: check(images).numpy()], SECONDS).rate * BATCH for _ in range(repeats)]
+    rates = [_drive([lambda: check(images).numpy()], settings.seconds).rate * BATCH for _ in range(settings.repeats)]
     share = batch_rate / statistics.median(rates) * 100
     return {"benchmark": "serving", "variant": f"header check alone, batch of {BATCH}",
             "images_per_s": round(statistics.median(rates), 1),
@@ -228,12 +210,11 @@ def _range(values: tuple[float, float], digits: int = 1) -> str:
     return f"{values[0]:.{digits}f}-{values[1]:.{digits}f}"
 
 
-def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
-    """The serving benchmark rows (`images` is unused: requests are timed, not counted)."""
-    del images
-    base = _served_model(data_dir)
-    jpeg = _jpeg(data_dir)
-    singles, batches = _in_process(base, jpeg, repeats)
+def run(settings: BenchSettings) -> list[dict]:
+    """The serving benchmark rows (requests are timed, not counted: `settings.images` is unused)."""
+    model = exported_model(settings.data_dir, SERVED_MODEL, settings.train_images)
+    jpeg = _jpeg(demo_images(settings.data_dir, settings.train_images))
+    singles, batches = _in_process(model, jpeg, settings)
     single, batch_rate = _summary(singles), statistics.median(batches)
     rows = [
         {"benchmark": "serving", "variant": "in-process serving_default, 1 image (baseline)",
@@ -244,13 +225,14 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         {"benchmark": "serving", "variant": f"in-process serving_default, batch of {BATCH} (baseline)",
          "images_per_s": round(batch_rate, 1), "vs_baseline": 1.0,
          "note": f"images/s range {_range((min(batches), max(batches)))}"},
-        _header_check_row(base, jpeg, batch_rate, repeats),
+        _header_check_row(model, jpeg, batch_rate, settings),
     ]
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
-    batching_file = data_dir / "serving" / "batching.config"
+    batching_file = settings.data_dir / "serving" / "batching.config"
+    batching_file.parent.mkdir(parents=True, exist_ok=True)
     batching_file.write_text(BATCHING)
     for batching in (False, True):
-        server = _Server(base, batching_file if batching else None)
+        server = _Server(model.base, batching_file if batching else None)
         try:
             for transport in ("REST", "gRPC"):
                 for clients in CLIENTS:
@@ -258,11 +240,12 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
                         if transport == "REST":
                             return _rest_call(f"http://127.0.0.1:{server.rest_port}", body)
                         return _grpc_call(f"127.0.0.1:{server.grpc_port}", jpeg)
-                    summary = _summary([_drive([make() for _ in range(clients)], SECONDS) for _ in range(repeats)])
+                    summary = _summary([_drive([make() for _ in range(clients)], settings.seconds)
+                                        for _ in range(settings.repeats)])
                     rows.append(_variant_row(transport, clients, batching, summary, single, batch_rate))
                     logger.info("%s", rows[-1]["variant"] + ": " + rows[-1]["note"])
             if batching:
-                rows.append(_load_row(server, body, jpeg))
+                rows.append(_load_row(server, body, jpeg, settings.load_seconds))
         finally:
             server.stop()
     return rows
@@ -287,16 +270,16 @@ def _variant_row(transport: str, clients: int, batching: bool, summary: dict, si
             "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"], "note": note}
 
 
-def _load_row(server: _Server, body: bytes, jpeg: bytes) -> dict:
-    """60 s of 16 clients (half REST, half gRPC): errors and the server's RSS growth."""
+def _load_row(server: _Server, body: bytes, jpeg: bytes, seconds: float) -> dict:
+    """`seconds` (60 for `make bench`) of 16 clients (half REST, half gRPC): errors and the server's RSS growth."""
     clients = [_rest_call(f"http://127.0.0.1:{server.rest_port}", body) for _ in range(BATCH // 2)]
     clients += [_grpc_call(f"127.0.0.1:{server.grpc_port}", jpeg) for _ in range(BATCH // 2)]
-    _drive(clients, 5.0)  # steady state before the first RSS reading
+    _drive(clients, min(LOAD_WARMUP_SECONDS, seconds))
     before = server.rss_mb()
-    measured = _drive(clients, LOAD_SECONDS, warmup=0)
+    measured = _drive(clients, seconds, warmup=0)
     after = server.rss_mb()
     growth = (after - before) / before * 100
-    row = {"benchmark": "serving", "variant": f"load: {LOAD_SECONDS:.0f} s, {BATCH} clients "
+    row = {"benchmark": "serving", "variant": f"load: {seconds:g} s, {BATCH} clients "
                                               f"({BATCH // 2} REST + {BATCH // 2} gRPC), batching on",
            "images": len(measured.latencies), "seconds": round(measured.seconds, 1),
            "images_per_s": round(measured.rate, 1), "errors": measured.errors, "rss_growth_percent": round(growth, 2),
@@ -311,5 +294,5 @@ if __name__ == "__main__":  # python -m bench.serving: this benchmark alone, row
     from components.logging_setup import configure_logging
 
     configure_logging()
-    for result in run(ROOT / "bench" / "data", 0, 2):
+    for result in run(BenchSettings()):
         print(json.dumps(result))

@@ -8,26 +8,23 @@ same batches held in memory (target >= 0.9).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from bench.fixtures import transformed
+from bench.settings import BenchSettings
 from components.config import load_config
-from components.demo_data import generate_demo_dataset
-from components.ingest.run import run_ingest
+from components.demo_data import CLASSES
 from components.train.inputs import make_dataset
 from components.train.models import build_model
 from components.train.run import compile_model
-from components.transform.run import run_transform
 
 logger = logging.getLogger(__name__)
 
-PER_CLASS = 300
 BATCH = 32
 
 
@@ -60,26 +57,18 @@ def _iteration_rate(data: tf.data.Dataset, steps: int, repeats: int) -> float:
     return steps * BATCH / best
 
 
-def transformed_demo(data_dir: Path, image_size: int) -> tuple[str, float]:
-    """The demo data ingested and transformed at `image_size`; and the transform's images/s."""
-    images = data_dir / f"demo-seed0-{PER_CLASS}"
-    generate_demo_dataset(images, seed=0, per_class=PER_CLASS)
-    config = load_config(overrides=[f"transform.image_size={image_size}"])
-    ingest = run_ingest(str(images), str(data_dir / "ingest"), config, overwrite=True)
-    result = run_transform(ingest.output, str(data_dir / f"transform-{image_size}"), config, overwrite=True)
-    return result.output, result.stats["images_per_second"]
-
-
-def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
-    del images  # the demo dataset's default size: 1500 images
+def run(settings: BenchSettings) -> list[dict]:
+    """The transform and train rows, on `settings.train_images` demo images."""
+    repeats = settings.repeats
     rows = []
     for model_name, image_size in (("small_cnn", 64), ("mobilenet_v2", 224)):
-        transform_dir, transform_rate = transformed_demo(data_dir, image_size)
+        transform = transformed(settings.data_dir, settings.train_images, image_size, timed=True)
+        transform_dir, stats = transform.output, transform.stats
         rows.append({"benchmark": "transform", "variant": f"tf.transform Beam job, {image_size}x{image_size}",
-                     "images": PER_CLASS * 5, "images_per_s": round(transform_rate, 1)})
+                     "images": sum(stats["images"].values()),
+                     "images_per_s": round(stats["images_per_second"], 1)})
         config = load_config(overrides=[f"train.model={model_name}", f"train.batch_size={BATCH}"])
-        stats = json.loads(Path(transform_dir, "stats.json").read_text())
-        built = build_model(config.train, 5, image_size, stats["channel_mean"], stats["channel_std"])
+        built = build_model(config.train, len(CLASSES), image_size, stats["channel_mean"], stats["channel_std"])
         compile_model(built.model, 0.001, config.train, 1000)
         data = make_dataset(transform_dir, "train", BATCH, training=True)
         steps = -(-stats["images"]["train"] // BATCH)  # one pass over the training split per epoch

@@ -1,4 +1,5 @@
-"""Shared fixtures: small real image trees and one ingest run of them, built once per session."""
+"""Shared fixtures: small real image trees and one ingest run of them, and every kustomization of infra/
+built, each once per session."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from components.config import Config, load_config
 from components.ingest.run import IngestResult, run_ingest
 from image_files import write_bad, write_colour_classes, write_plain, write_special
+from infra_checks.kustomize import build
+from infra_checks.layout import BUILD_DIRS
 
 # Stage CLIs track to MLflow by default: into a throwaway store, never the checkout's runs/.
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='cvpipe-test-mlflow-')}/mlflow.db"
@@ -112,3 +115,9 @@ def worse_export(tiny_run, tmp_path_factory) -> str:
 def mixed_ingest(mixed_tree, tmp_path_factory) -> IngestResult:
     output = tmp_path_factory.mktemp("mixed-ingest") / "out"
     return run_ingest(str(mixed_tree.root), str(output), make_config("ingest.max_pixels=4000000"))
+
+
+@pytest.fixture(scope="session")
+def builds() -> dict[str, list[dict]]:
+    """What `kustomize build` makes of every kustomization in infra/, by its name in BUILD_DIRS."""
+    return {name: build(path) for name, path in BUILD_DIRS.items()}
