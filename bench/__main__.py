@@ -44,9 +44,9 @@ def main() -> None:
     print(table)  # the table is the command's output
     config = load_config()
     if config.tracking.enabled:
-        from components import tracking
+        from components.tracking.runs import log_benchmark
 
-        tracking.log_benchmark(results, [str(HERE / "results.json"), str(HERE / "results.md")], config)
+        log_benchmark(results, [str(HERE / "results.json"), str(HERE / "results.md")], config)
 
 
 def _table(rows: list[dict]) -> str:
