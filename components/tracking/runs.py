@@ -23,7 +23,7 @@ from components.manifest import MANIFEST_FILE, code_version, read_manifest
 from components.tracking import stages
 from components.tracking.client import (config_params, experiment_id, local_copy, mlflow_client, safe_key,
                                         safe_tags, search_string, tracking_uri)
-from components.tracking.stage_log import StageLog, numbers
+from components.tracking.stage_log import numbers
 
 if TYPE_CHECKING:
     from components.ingest.fingerprint import SourceFingerprint
@@ -139,7 +139,7 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
     client = mlflow_client(config.tracking)
     run_id = client.create_run(experiment_id(client, config.tracking), run_name=stage, tags=safe_tags(tags)).info.run_id
     try:
-        metrics = _metrics(log)
+        metrics = _metrics(log.metrics, log.history)
         client.log_batch(run_id, metrics=metrics, params=config_params(manifest.config))
         for name, document in log.documents.items():
             client.log_dict(run_id, document, name)
@@ -181,7 +181,7 @@ def log_benchmark(results: Mapping[str, Any], files: Sequence[str], config: Conf
     for row in results["rows"]:
         figures.update(numbers({key: value for key, value in row.items() if key not in ("benchmark", "variant")},
                                f"{row['benchmark']}.{row['variant']}."))
-    metrics = _metrics(StageLog(figures))
+    metrics = _metrics(figures)
     client = mlflow_client(config.tracking)
     run_id = start_run(config, run_name="bench", tags={STAGE_TAG: "bench"})
     try:
@@ -196,11 +196,12 @@ def log_benchmark(results: Mapping[str, Any], files: Sequence[str], config: Conf
     return run_id
 
 
-def _metrics(log: StageLog) -> list[Metric]:
-    """The metrics and history of `log` under valid keys, timestamped now; of two names that
-    become the same key at the same step, the later one's value."""
-    values = {(safe_key(name), 0): value for name, value in log.metrics.items()}
-    for step, numbers_at_step in log.history:
+def _metrics(at_step_0: Mapping[str, float], history: Sequence[tuple[int, Mapping[str, float]]] = ()
+             ) -> list[Metric]:
+    """Numbers at step 0 and at the steps of `history` as metrics under valid keys, timestamped now;
+    of two names that become the same key at the same step, the later one's value."""
+    values = {(safe_key(name), 0): value for name, value in at_step_0.items()}
+    for step, numbers_at_step in history:
         values.update({(safe_key(name), step): value for name, value in numbers_at_step.items()})
     now = int(time.time() * 1000)
     return [Metric(key, value, now, step) for (key, step), value in values.items()]
