@@ -69,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)  # the table is the command's output
     config = load_config()
     if config.tracking.enabled:
-        from components import tracking
+        from components.tracking.runs import log_benchmark
 
-        tracking.log_benchmark(results, [str(json_file), str(table_file)], config)
+        log_benchmark(results, [str(json_file), str(table_file)], config)
 
 
 def _table(rows: list[dict]) -> str:

@@ -22,9 +22,10 @@ logger = logging.getLogger("components.register")
 
 
 def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: str | None = None):
-    """Registers the exported `model` that `evaluation` evaluated; returns its tracking.ModelVersionInfo."""
-    from components import tracking
+    """Registers the exported `model` that `evaluation` evaluated; returns its registry.ModelVersionInfo."""
     from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
+    from components.tracking.registry import register_model
+    from components.tracking.runs import finish_run, start_run
 
     model = saved_model_dir(model)
     read_manifest(evaluation, "evaluate")
@@ -34,14 +35,14 @@ def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: 
     blessing = read_json(posixpath.join(evaluation, BLESSING_FILE))
     metrics = {f"{split}.{name}": value for split, m in evaluated["splits"].items()
                for name, value in (("accuracy", m["accuracy"]), ("macro_f1", m["macro"]["f1"]))}
-    run_id = tracking.start_run(config, run_name="register", tags={"cvpipe.stage": "register"},
-                                parent_run_id=parent_run_id)
+    run_id = start_run(config, run_name="register", tags={"cvpipe.stage": "register"},
+                       parent_run_id=parent_run_id)
     try:
-        info = tracking.register_model(model, config, run_id=run_id, blessed=blessing["blessed"], metrics=metrics)
+        info = register_model(model, config, run_id=run_id, blessed=blessing["blessed"], metrics=metrics)
     except BaseException:
-        tracking.finish_run(run_id, config, status="FAILED")
+        finish_run(run_id, config, status="FAILED")
         raise
-    tracking.finish_run(run_id, config)
+    finish_run(run_id, config)
     return info
 
 

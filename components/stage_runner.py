@@ -39,13 +39,14 @@ def run_stage(stage: str, action: Callable[[], str | None], config: Config,
         logger.error("%s", e)
         return 1
     if output is not None and config.tracking.enabled:  # None: a non-chief worker, nothing of its own
-        from components import tracking
+        from components.tracking.client import tracking_uri
+        from components.tracking.runs import log_stage
 
         try:
-            tracking.log_stage(stage, output, config, parent_run_id=os.environ.get(PARENT_RUN_ENV))
+            log_stage(stage, output, config, parent_run_id=os.environ.get(PARENT_RUN_ENV))
         except Exception as e:  # the output is complete; say so and fail the command
             logger.error("%s is complete, but logging it to MLflow (%s) failed: %s", output,
-                         tracking.tracking_uri(config.tracking), e)
+                         tracking_uri(config.tracking), e)
             return 1
     return 0
 
@@ -53,7 +54,8 @@ def run_stage(stage: str, action: Callable[[], str | None], config: Config,
 def _untracked_output(stage: str, error: OutputExistsError, config: Config, logger: logging.Logger) -> str | None:
     """The existing output of `error` when only its tracking is missing (see `run_stage`); otherwise
     None, with the error logged (and why the output is not taken as it is, when that is known)."""
-    from components import tracking
+    from components.tracking.client import tracking_uri
+    from components.tracking.runs import stage_runs
     from components.manifest import read_manifest
 
     if error.origin is None or not config.tracking.enabled:
@@ -69,10 +71,10 @@ def _untracked_output(stage: str, error: OutputExistsError, config: Config, logg
         logger.error("%s (it was made from other inputs or config: %s)", error, difference)
         return None
     try:
-        runs = tracking.stage_runs(stage, error.output, manifest.fingerprint, config)
+        runs = stage_runs(stage, error.output, manifest.fingerprint, config)
     except Exception as e:  # MLflow is unreachable: nothing is known, nothing is done
         logger.error("%s (whether MLflow (%s) tracked it is unknown: %s)", error,
-                     tracking.tracking_uri(config.tracking), e)
+                     tracking_uri(config.tracking), e)
         return None
     if runs:
         logger.error("%s (it is tracked already: MLflow run %s)", error, runs[0])

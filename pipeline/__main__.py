@@ -110,7 +110,7 @@ def _schedule(args: argparse.Namespace, config: Config) -> int:
 
 
 def _retrain(args: argparse.Namespace, config: Config) -> int:
-    from components import tracking
+    from components.tracking.runs import finish_run
     from pipeline.parameters import CONFIG_KEYS, resolve_config
     from pipeline.retrain import evaluate_policy, policy_from_args, reserve_run
 
@@ -128,7 +128,7 @@ def _retrain(args: argparse.Namespace, config: Config) -> int:
         return _run(argparse.Namespace(**vars(args), no_cache=False), config, reserved)
     except BaseException as e:  # the run did not start or did not end: say so in MLflow
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        tracking.finish_run(reserved["mlflow_run_id"], policy_config, status=status, if_running=True)
+        finish_run(reserved["mlflow_run_id"], policy_config, status=status, if_running=True)
         raise
 
 

@@ -48,17 +48,18 @@ def start_run(data_source: str, config: dict, kfp_run_id: str, mlflow_run_id: st
     `mlflow_run_id` is a run reserved for it (by `python -m pipeline retrain`), or empty."""
     import collections
 
-    from components import tracking
     from components.ingest.fingerprint import fingerprint_source
+    from components.tracking.runs import (DATA_FINGERPRINT_TAG, DATA_INPUTS_TAG, DATA_SOURCE_TAG, KFP_RUN_ID_TAG,
+                                          source_tag, start_pipeline_run)
     from pipeline.runtime import step_setup
 
     settings = step_setup(config)
     source = fingerprint_source(data_source)
     run_id = ""
     if settings.tracking.enabled:
-        run_id = tracking.start_pipeline_run(settings, run_name=f"pipeline {kfp_run_id}", run_id=mlflow_run_id, tags={
-            tracking.KFP_RUN_ID_TAG: kfp_run_id, tracking.DATA_SOURCE_TAG: tracking.source_tag(data_source),
-            tracking.DATA_FINGERPRINT_TAG: source.sha256, tracking.DATA_INPUTS_TAG: str(source.inputs)})
+        run_id = start_pipeline_run(settings, run_name=f"pipeline {kfp_run_id}", run_id=mlflow_run_id, tags={
+            KFP_RUN_ID_TAG: kfp_run_id, DATA_SOURCE_TAG: source_tag(data_source),
+            DATA_FINGERPRINT_TAG: source.sha256, DATA_INPUTS_TAG: str(source.inputs)})
     return collections.namedtuple("Outputs", ["mlflow_run_id", "data_fingerprint"])(run_id, source.sha256)
 
 
@@ -70,7 +71,7 @@ def finish_run(kfp_run_id: str, mlflow_run_id: str, config: dict, mlflow_trackin
     was tagged)."""
     import logging
 
-    from components import tracking
+    from components.tracking import runs as mlflow_runs
     from pipeline.parameters import resolve_config
     from pipeline.runtime import step_setup
 
@@ -78,13 +79,13 @@ def finish_run(kfp_run_id: str, mlflow_run_id: str, config: dict, mlflow_trackin
     settings = resolve_config(config, {"mlflow_tracking_uri": mlflow_tracking_uri})
     if not settings.tracking.enabled:
         return
-    runs = [run.info.run_id for run in tracking.pipeline_runs(settings, kfp_run_id=kfp_run_id, max_results=1)]
+    runs = [run.info.run_id for run in mlflow_runs.pipeline_runs(settings, kfp_run_id=kfp_run_id, max_results=1)]
     run_id = (runs or [mlflow_run_id])[0]
     if not run_id:
         logging.getLogger("pipeline").warning("No MLflow run is tagged with KFP run %s: nothing to end", kfp_run_id)
         return
     state = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(status.state, "FAILED")
-    tracking.finish_run(run_id, settings, status=state)
+    mlflow_runs.finish_run(run_id, settings, status=state)
 
 
 @component

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, TextIO
 
 from components.config import Config
-from components.tracking import ModelVersionInfo
+from components.tracking.registry import ModelVersionInfo
 from pipeline.definition import PlatformOptions, build_pipeline
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,11 @@ def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: st
 def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: str, since_ms: int) -> RunSummary:
     """What the newest pipeline run on `arguments["data_source"]` since `since_ms` produced, from MLflow's
     records of it and the serving model base path."""
-    from components import tracking
     from components.deploy import model_config
     from components.manifest import read_json
+    from components.tracking.client import tracking_uri
+    from components.tracking.registry import registered_versions
+    from components.tracking.runs import child_runs, pipeline_runs
     from pipeline.parameters import CONFIG_KEYS, resolve_config
 
     # What the run's configure step made of the configuration (model name, MLflow URI, ...).
@@ -137,20 +139,20 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     if serving_base_path:
         served = model_config.labels(
             model_config.read_model_config(model_config.model_config_path(serving_base_path)), model_name)
-    summary = dict(pipeline_root=pipeline_root, tracking_uri=tracking.tracking_uri(settings), mlflow_run_id=None,
+    summary = dict(pipeline_root=pipeline_root, tracking_uri=tracking_uri(settings), mlflow_run_id=None,
                    serving_base_path=serving_base_path, model_name=model_name, served=served)
     if not settings.enabled:
         return RunSummary(**summary)
     run_id = arguments.get("mlflow_run_id")  # reserved before the run started (python -m pipeline retrain)
     if not run_id:
-        runs = [run for run in tracking.pipeline_runs(config, data_source=arguments["data_source"], max_results=5)
+        runs = [run for run in pipeline_runs(config, data_source=arguments["data_source"], max_results=5)
                 if run.info.start_time >= since_ms]
         if not runs:
             logger.warning("No MLflow pipeline run on %s since the run started", arguments["data_source"])
             return RunSummary(**summary)
         run_id = runs[0].info.run_id
     outputs, register_run = {}, None
-    for child in tracking.child_runs(config, run_id):
+    for child in child_runs(config, run_id):
         stage = child.data.tags.get("cvpipe.stage")
         if stage == "register":
             register_run = child.info.run_id
@@ -158,7 +160,7 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
             outputs[stage] = child.data.tags["cvpipe.output"]
     blessing = read_json(f"{outputs['evaluate']}/blessing.json") if "evaluate" in outputs else None
     batch = read_json(f"{outputs['batch_predict']}/summary.json") if "batch_predict" in outputs else None
-    versions = tracking.registered_versions(config, register_run) if register_run else []
+    versions = registered_versions(config, register_run) if register_run else []
     order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
     outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     return RunSummary(**{**summary, "mlflow_run_id": run_id}, outputs=outputs, blessing=blessing,

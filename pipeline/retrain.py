@@ -255,22 +255,23 @@ def _percent(fraction: float) -> str:
 
 def read_history(config: Config, data_source: str) -> list[PipelineRunRecord]:
     """The pipeline runs of `data_source` (up to a trailing slash), newest first."""
-    from components import tracking  # imports mlflow and TensorFlow: only when the facts are read
+    # imports mlflow and TensorFlow: only when the facts are read
+    from components.tracking.runs import DATA_FINGERPRINT_TAG, DATA_INPUTS_TAG, pipeline_runs
 
-    runs = tracking.pipeline_runs(config, data_source=data_source, max_results=HISTORY_RUNS)
+    runs = pipeline_runs(config, data_source=data_source, max_results=HISTORY_RUNS)
     records = []
     for run in runs:
         tags = run.data.tags
-        inputs = tags.get(tracking.DATA_INPUTS_TAG)
+        inputs = tags.get(DATA_INPUTS_TAG)
         if inputs is not None and not inputs.isdecimal():
             logger.warning("Pipeline run %s has a malformed %s tag %r: ignored", run.info.run_id,
-                           tracking.DATA_INPUTS_TAG, inputs)
+                           DATA_INPUTS_TAG, inputs)
             inputs = None
         records.append(PipelineRunRecord(
             run_id=run.info.run_id,
             status=run.info.status,
             started=datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc),
-            data_fingerprint=tags.get(tracking.DATA_FINGERPRINT_TAG),
+            data_fingerprint=tags.get(DATA_FINGERPRINT_TAG),
             data_inputs=None if inputs is None else int(inputs),
         ))
     logger.info("Found %d pipeline runs of %s in MLflow", len(records), data_source)
@@ -279,9 +280,9 @@ def read_history(config: Config, data_source: str) -> list[PipelineRunRecord]:
 
 def read_champion_created(config: Config) -> datetime | None:
     """When the registered model's champion version was created; None without one."""
-    from components import tracking
+    from components.tracking.registry import champion_version
 
-    champion = tracking.champion_version(config)
+    champion = champion_version(config)
     return None if champion is None else datetime.fromtimestamp(champion.creation_timestamp / 1000, timezone.utc)
 
 
@@ -342,10 +343,10 @@ def evaluate_policy(policy: RetrainPolicy, config: Config, data_source: str, *,
 def reserve_run(decision: Decision, config: Config) -> str:
     """Records the pipeline run `decision` triggers as RUNNING in MLflow, before it starts; the run's
     start step adopts it (the pipeline parameter `mlflow_run_id`). Returns its id."""
-    from components import tracking
+    from components.tracking.runs import reserve_pipeline_run
 
     tags = {"cvpipe.trigger": "retrain", "cvpipe.retrain_reasons": "; ".join(decision.triggers)}
-    return tracking.reserve_pipeline_run(config, decision.data, tags=tags)
+    return reserve_pipeline_run(config, decision.data, tags=tags)
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,9 +26,9 @@ def track(stage: str, output: str, location: str, config: Config, parent_run_id:
     artifact URI) to MLflow as a child of the pipeline's run (none: tracking is off)."""
     if not parent_run_id or not config.tracking.enabled:
         return
-    from components import tracking
+    from components.tracking.runs import log_stage
 
-    tracking.log_stage(stage, output, config, parent_run_id=parent_run_id, location=location)
+    log_stage(stage, output, config, parent_run_id=parent_run_id, location=location)
 
 
 def saved_model_base(artifact_path: str, metadata: Mapping[str, Any]) -> str:

@@ -25,7 +25,6 @@ import requests
 import tensorflow as tf
 from PIL import Image
 
-from components import tracking
 from components.batch_predict.__main__ import main
 from components.batch_predict.inputs import read_tfrecords
 from components.records import example_bytes
@@ -35,6 +34,8 @@ from components.batch_predict.results import Failure, Prediction
 from components.batch_predict.run import run_batch_predict
 from components.config import ConfigError, load_config
 from components.manifest import read_json, read_manifest
+from components.tracking.registry import register_model
+from components.tracking.runs import start_run
 from conftest import make_config
 from image_files import pattern
 
@@ -462,8 +463,8 @@ def test_an_unreachable_endpoint_fails_the_run_clearly(inputs, tmp_path):
 
 def test_registered_model_versions_and_aliases_are_scored(tiny_export, inputs, reference, tmp_path):
     settings = config("tracking.registered_model=batch-predict-test")
-    run_id = tracking.start_run(settings)
-    tracking.register_model(tiny_export, settings, run_id=run_id, blessed=True)
+    run_id = start_run(settings)
+    register_model(tiny_export, settings, run_id=run_id, blessed=True)
     for uri in ("models:/batch-predict-test@champion", "models:/batch-predict-test/1"):
         output = tmp_path / uri.replace("/", "_").replace(":", "").replace("@", "_")
         result = run_batch_predict(uri, inputs.glob, str(output), settings)

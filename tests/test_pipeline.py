@@ -17,9 +17,10 @@ import mlflow
 import pytest
 import yaml
 
-from components import tracking
 from components.deploy import model_config
 from components.ingest.fingerprint import fingerprint_source
+from components.tracking.client import tracking_uri
+from components.tracking.runs import DATA_FINGERPRINT_TAG, DATA_INPUTS_TAG, KFP_RUN_ID_TAG, child_runs, pipeline_runs
 from conftest import make_config
 from image_files import write_colour_classes
 from pipeline.__main__ import main
@@ -194,14 +195,14 @@ def test_a_blessed_run_passes_artifacts_through_every_stage_and_deploys(local_ru
 def test_the_run_is_one_mlflow_parent_run_with_the_kfp_run_id_and_a_child_per_stage(local_runs):
     config = make_config(*SETTINGS)
     run = local_runs.blessed
-    parent = mlflow.MlflowClient(tracking.tracking_uri(config.tracking)).get_run(run.mlflow_run_id)
+    parent = mlflow.MlflowClient(tracking_uri(config.tracking)).get_run(run.mlflow_run_id)
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
-    assert tags[tracking.KFP_RUN_ID_TAG]
-    assert tags[tracking.DATA_FINGERPRINT_TAG] == fingerprint_source(str(local_runs.images)).sha256
-    assert tags[tracking.DATA_INPUTS_TAG] == "90"
+    assert tags[KFP_RUN_ID_TAG]
+    assert tags[DATA_FINGERPRINT_TAG] == fingerprint_source(str(local_runs.images)).sha256
+    assert tags[DATA_INPUTS_TAG] == "90"
     assert parent.data.params["train.epochs"] == "4"
-    stages = {child.data.tags.get("cvpipe.stage") for child in tracking.child_runs(config, run.mlflow_run_id)}
+    stages = {child.data.tags.get("cvpipe.stage") for child in child_runs(config, run.mlflow_run_id)}
     assert stages == {*STAGES, "register"}
 
 
@@ -238,7 +239,7 @@ def test_a_failing_step_fails_the_run_and_its_mlflow_run(tmp_path):
     with pytest.raises(PipelineRunError, match="ingest"):
         run_local({"data_source": str(tmp_path / "images"), "serving_base_path": str(tmp_path / "serving")}, config,
                   pipeline_root=str(tmp_path / "kfp"), log_file=str(tmp_path / "run.log"))
-    [parent] = tracking.pipeline_runs(config, data_source=str(tmp_path / "images"))
+    [parent] = pipeline_runs(config, data_source=str(tmp_path / "images"))
     assert parent.info.status == "FAILED"
     assert "no image was accepted" in (tmp_path / "run.log").read_text()
 
@@ -267,9 +268,9 @@ def test_a_triggered_retrain_is_recorded_before_it_starts(local_runs, capsys):
     # No KFP API listens on port 9: the submission fails, and the reserved run says so.
     assert retrain(local_runs, "--host", "http://127.0.0.1:9") == 1
     assert capsys.readouterr().out.startswith("Retrain now: yes.")
-    newest = tracking.pipeline_runs(config, data_source=str(local_runs.images), max_results=1)[0]
+    newest = pipeline_runs(config, data_source=str(local_runs.images), max_results=1)[0]
     assert newest.data.tags["cvpipe.trigger"] == "retrain" and newest.info.status == "FAILED"
-    assert newest.data.tags[tracking.DATA_INPUTS_TAG] == "102"
+    assert newest.data.tags[DATA_INPUTS_TAG] == "102"
     # within the cool-down, the next call holds
     assert main(["retrain", "--data", str(local_runs.images), "--dry-run",
                  *(f"--set={setting}" for setting in SETTINGS)]) == 0

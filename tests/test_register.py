@@ -7,9 +7,10 @@ import sys
 
 import mlflow
 
-from components import tracking
 from components.evaluate.run import run_evaluate
 from components.register import run_register
+from components.tracking.registry import champion_model_dir
+from components.tracking.runs import finish_run, start_pipeline_run
 from conftest import make_config
 from mlflow_server import mlflow_server  # noqa: F401
 
@@ -20,17 +21,17 @@ def test_a_worse_model_is_not_blessed_and_the_champion_stays(tiny_run, tiny_expo
     config = make_config("tracking.registered_model=register-test", "evaluate.min_accuracy=0.5",
                          "evaluate.min_class_recall=0")
     client = mlflow.MlflowClient(mlflow_server)
-    parent = tracking.start_pipeline_run(config, run_name="register-test")
+    parent = start_pipeline_run(config, run_name="register-test")
 
     # No champion yet: absolute thresholds alone bless the good model, which becomes the champion.
-    assert tracking.champion_model_dir(config, str(tmp_path / "none")) is None
+    assert champion_model_dir(config, str(tmp_path / "none")) is None
     good = run_evaluate(tiny_export, tiny_run.ingest, str(tmp_path / "good"), config)
     assert good.blessing["blessed"]
     first = run_register(tiny_export, good.output, config, parent_run_id=parent)
     assert (first.version, first.champion) == (1, True)
 
     # The worse model, evaluated against the registered champion: refused; registered, alias unchanged.
-    champion = tracking.champion_model_dir(config, str(tmp_path / "champion"))
+    champion = champion_model_dir(config, str(tmp_path / "champion"))
     worse = run_evaluate(worse_export, tiny_run.ingest, str(tmp_path / "worse"), config, champion=champion,
                          champion_name="models:/register-test@champion")
     assert not worse.blessing["blessed"]
@@ -42,7 +43,7 @@ def test_a_worse_model_is_not_blessed_and_the_champion_stays(tiny_run, tiny_expo
     assert versions["1"].tags["cvpipe.blessed"] == "true" and versions["2"].tags["cvpipe.blessed"] == "false"
     assert float(versions["1"].tags["test.accuracy"]) == good.evaluation["splits"]["test"]["accuracy"]
 
-    tracking.finish_run(parent, config)
+    finish_run(parent, config)
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(r.info.run_name for r in children) == ["register", "register"]

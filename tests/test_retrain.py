@@ -14,8 +14,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components import tracking
 from components.ingest.fingerprint import SourceFingerprint, fingerprint_source
+from components.tracking.client import tracking_uri
+from components.tracking.registry import CHAMPION_ALIAS
+from components.tracking.runs import (DATA_FINGERPRINT_TAG, DATA_INPUTS_TAG, DATA_SOURCE_TAG, KFP_RUN_ID_TAG,
+                                      finish_run, start_pipeline_run)
 from conftest import make_config
 from image_files import write_plain
 from pipeline.retrain import (
@@ -339,14 +342,14 @@ def write_images(root: Path, names: range) -> None:
 
 def pipeline_run(config, fingerprint: SourceFingerprint, status: str | None = "FINISHED") -> str:
     """A pipeline's MLflow parent run tagged as the pipeline tags it; left RUNNING when `status` is None."""
-    run_id = tracking.start_pipeline_run(config, tags={
-        tracking.KFP_RUN_ID_TAG: uuid.uuid4().hex,
-        tracking.DATA_SOURCE_TAG: fingerprint.source,
-        tracking.DATA_FINGERPRINT_TAG: fingerprint.sha256,
-        tracking.DATA_INPUTS_TAG: str(fingerprint.inputs),
+    run_id = start_pipeline_run(config, tags={
+        KFP_RUN_ID_TAG: uuid.uuid4().hex,
+        DATA_SOURCE_TAG: fingerprint.source,
+        DATA_FINGERPRINT_TAG: fingerprint.sha256,
+        DATA_INPUTS_TAG: str(fingerprint.inputs),
     })
     if status:
-        tracking.finish_run(run_id, config, status=status)
+        finish_run(run_id, config, status=status)
     return run_id
 
 
@@ -379,11 +382,11 @@ def test_evaluate_policy_end_to_end(tmp_path, http_json):
     write_images(images, range(10, 12))  # +20 %
     assert evaluate_policy(policy, config, source).holds[0].startswith(f"The newest run {finished} (FINISHED)")
 
-    client = mlflow.MlflowClient(tracking.tracking_uri(config.tracking))
+    client = mlflow.MlflowClient(tracking_uri(config.tracking))
     client.create_registered_model(name)
     (tmp_path / "model").mkdir()
     version = client.create_model_version(name, str(tmp_path / "model"), run_id=finished)
-    client.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, version.version)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     url, documents = http_json
     documents["/retrain-live.json"] = json.dumps({"accuracy": 0.5}).encode()
     policy = RetrainPolicy(max_model_age_days=30, live_metric="accuracy", live_metric_min=0.9,
@@ -398,7 +401,7 @@ def test_evaluate_policy_end_to_end(tmp_path, http_json):
     held = evaluate_policy(policy, config, source, now=later())
     assert not held.retrain and held.triggers == grown.triggers
     assert held.holds[0] == f"Run {running} has been RUNNING for 2.0 h: not starting another."
-    tracking.finish_run(running, config)
+    finish_run(running, config)
     done = evaluate_policy(policy, config, source, now=later())
     assert done.triggers == (f"Live metric accuracy = 0.5 < 0.9 (from {url}/retrain-live.json).",)
     assert done.retrain

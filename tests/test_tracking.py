@@ -18,13 +18,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import tracking
 from components.config import Config
 from components.demo_data import generate_demo_dataset
 from components.evaluate.run import run_evaluate
 from components.export.run import run_export
 from components.ingest.run import run_ingest
 from components.manifest import code_version, read_manifest
+from components.tracking.client import safe_key, tracking_uri
+from components.tracking.registry import ModelVersionInfo, champion_model_dir, register_model
+from components.tracking.runs import finish_run, log_benchmark, log_stage, stage_runs, start_pipeline_run
 from components.train.run import run_training
 from components.transform.run import run_transform
 from conftest import make_config
@@ -91,10 +93,10 @@ def artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None = 
 
 def test_pipeline_run_has_a_child_run_per_stage(outputs, mlflow_server, monkeypatch):
     config = server_config(mlflow_server, monkeypatch)
-    parent = tracking.start_pipeline_run(config, run_name="pipeline-test", tags={"kfp.run_id": "kfp-123"})
-    children = {stage: tracking.log_stage(stage, getattr(outputs, stage), config, parent_run_id=parent)
+    parent = start_pipeline_run(config, run_name="pipeline-test", tags={"kfp.run_id": "kfp-123"})
+    children = {stage: log_stage(stage, getattr(outputs, stage), config, parent_run_id=parent)
                 for stage in STAGES}
-    tracking.finish_run(parent, config)
+    finish_run(parent, config)
 
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(parent)
@@ -169,46 +171,46 @@ def test_pipeline_run_has_a_child_run_per_stage(outputs, mlflow_server, monkeypa
     assert artifact_paths(client, runs["evaluate"].info.run_id) == {
         "manifest.json", "evaluation.json", "blessing.json", "evaluation.html", "predictions.jsonl",
         "confusion_matrix_test.png", "confusion_matrix_valid.png", "calibration_test.png", "calibration_valid.png"}
-    assert tracking._key(f"test.class.{ODD_CLASS}.recall") == "test.class.big_circle_2.recall"
+    assert safe_key(f"test.class.{ODD_CLASS}.recall") == "test.class.big_circle_2.recall"
 
 
 def test_log_stage_refuses_an_unknown_stage_and_an_unfinished_output(outputs, tmp_path):
     config = stage_config("tracking.tracking_uri=sqlite:///" + str(tmp_path / "unused.db"))
     with pytest.raises(ValueError, match="'deploy'"):
-        tracking.log_stage("deploy", outputs.train, config)
+        log_stage("deploy", outputs.train, config)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        tracking.log_stage("train", str(tmp_path), config)
+        log_stage("train", str(tmp_path), config)
     with pytest.raises(ValueError, match="'train' output, not a ingest"):
-        tracking.log_stage("ingest", outputs.train, config)
+        log_stage("ingest", outputs.train, config)
 
 
 def test_stage_runs_are_found_by_output_and_fingerprint(outputs, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     config = stage_config()
     fingerprint = read_manifest(outputs.ingest, "ingest").fingerprint
-    assert tracking.stage_runs("ingest", outputs.ingest, fingerprint, config) == []  # not even an experiment
-    run_id = tracking.log_stage("ingest", outputs.ingest, config)
-    assert tracking.stage_runs("ingest", outputs.ingest, fingerprint, config) == [run_id]
-    assert tracking.stage_runs("ingest", outputs.ingest, "another fingerprint", config) == []
-    assert tracking.stage_runs("transform", outputs.ingest, fingerprint, config) == []
-    assert tracking.stage_runs("ingest", outputs.transform, fingerprint, config) == []
+    assert stage_runs("ingest", outputs.ingest, fingerprint, config) == []  # not even an experiment
+    run_id = log_stage("ingest", outputs.ingest, config)
+    assert stage_runs("ingest", outputs.ingest, fingerprint, config) == [run_id]
+    assert stage_runs("ingest", outputs.ingest, "another fingerprint", config) == []
+    assert stage_runs("transform", outputs.ingest, fingerprint, config) == []
+    assert stage_runs("ingest", outputs.transform, fingerprint, config) == []
 
 
 def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, mlflow_server, monkeypatch,
                                                                       tmp_path):
     config = server_config(mlflow_server, monkeypatch, registered_model="classifier-aliases")
     name = config.tracking.registered_model
-    assert tracking.champion_model_dir(config, str(tmp_path / "none")) is None  # no registered model yet
-    run_id = tracking.log_stage("export", outputs.export, config)
+    assert champion_model_dir(config, str(tmp_path / "none")) is None  # no registered model yet
+    run_id = log_stage("export", outputs.export, config)
 
-    first = tracking.register_model(outputs.export, config, run_id=run_id, blessed=True,
-                                    metrics={"test.accuracy": 0.85})
-    assert first == tracking.ModelVersionInfo(name, 1, f"models:/{name}/1", True)
-    second = tracking.register_model(outputs.export, config, run_id=run_id, blessed=False)
+    first = register_model(outputs.export, config, run_id=run_id, blessed=True,
+                           metrics={"test.accuracy": 0.85})
+    assert first == ModelVersionInfo(name, 1, f"models:/{name}/1", True)
+    second = register_model(outputs.export, config, run_id=run_id, blessed=False)
     assert (second.version, second.champion) == (2, False)
     client = mlflow.MlflowClient(mlflow_server)
     assert client.get_registered_model(name).aliases == {"champion": "1"}
-    third = tracking.register_model(outputs.export, config, run_id=run_id, blessed=True)
+    third = register_model(outputs.export, config, run_id=run_id, blessed=True)
     assert third.version == 3 and client.get_registered_model(name).aliases == {"champion": "3"}
 
     v1, v2 = client.get_model_version(name, "1"), client.get_model_version(name, "2")
@@ -233,7 +235,7 @@ def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, 
     # Only the config names the server: mlflow's global tracking URI plays no part.
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     config.tracking.tracking_uri = mlflow_server
-    saved_model = tracking.champion_model_dir(config, str(tmp_path / "champion"))
+    saved_model = champion_model_dir(config, str(tmp_path / "champion"))
     assert saved_model.startswith(str(tmp_path / "champion"))
     loaded = tf.saved_model.load(saved_model)
     labels = loaded.signatures["serving_default"](image_bytes=tf.constant(outputs.images))["label"].numpy()
@@ -242,11 +244,11 @@ def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, 
 
 def test_a_fresh_process_loads_the_champion_as_pyfunc(outputs, mlflow_server, monkeypatch, tmp_path):
     config = server_config(mlflow_server, monkeypatch, registered_model="classifier-fresh-process")
-    run_id = tracking.start_pipeline_run(config)
-    tracking.register_model(outputs.export, config, run_id=run_id, blessed=False)
-    assert tracking.champion_model_dir(config, str(tmp_path)) is None  # a registered model without champion
-    tracking.register_model(outputs.export, config, run_id=run_id, blessed=True)
-    tracking.finish_run(run_id, config)
+    run_id = start_pipeline_run(config)
+    register_model(outputs.export, config, run_id=run_id, blessed=False)
+    assert champion_model_dir(config, str(tmp_path)) is None  # a registered model without champion
+    register_model(outputs.export, config, run_id=run_id, blessed=True)
+    finish_run(run_id, config)
     script = ("import sys, mlflow, pandas as pd\n"
               f"model = mlflow.pyfunc.load_model('models:/{config.tracking.registered_model}@champion')\n"
               f"print(model.predict(pd.DataFrame({{'image_bytes': [{outputs.images[0]!r}]}}))['label'][0])\n")
@@ -259,22 +261,22 @@ def test_the_default_local_sqlite_store_tracks_and_registers(outputs, tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     database = tmp_path / "store" / "mlflow.db"  # its directory does not exist yet
     config = stage_config(f"tracking.tracking_uri=sqlite:///{database}")
-    assert tracking.tracking_uri(config.tracking) == f"sqlite:///{database}" and database.parent.is_dir()
-    parent = tracking.start_pipeline_run(config)
-    train_run = tracking.log_stage("train", outputs.train, config, parent_run_id=parent)
-    version = tracking.register_model(outputs.export, config, run_id=train_run, blessed=True)
-    tracking.finish_run(parent, config, status="FAILED")
+    assert tracking_uri(config.tracking) == f"sqlite:///{database}" and database.parent.is_dir()
+    parent = start_pipeline_run(config)
+    train_run = log_stage("train", outputs.train, config, parent_run_id=parent)
+    version = register_model(outputs.export, config, run_id=train_run, blessed=True)
+    finish_run(parent, config, status="FAILED")
 
-    assert version == tracking.ModelVersionInfo("cvpipe-classifier", 1, "models:/cvpipe-classifier/1", True)
+    assert version == ModelVersionInfo("cvpipe-classifier", 1, "models:/cvpipe-classifier/1", True)
     client = mlflow.MlflowClient(f"sqlite:///{database}")
     assert client.get_run(parent).info.status == "FAILED"
     assert client.get_run(train_run).data.tags["mlflow.parentRunId"] == parent
     assert len(client.get_metric_history(train_run, "val_accuracy")) == 1
     assert list((tmp_path / "store" / "mlartifacts" / "cvpipe").rglob("training.json"))  # next to the database
-    saved_model = tracking.champion_model_dir(config, str(tmp_path / "champion"))
+    saved_model = champion_model_dir(config, str(tmp_path / "champion"))
     assert "serving_default" in tf.saved_model.load(saved_model).signatures
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert tracking.tracking_uri(config.tracking) == "http://mlflow.example:5000"
+    assert tracking_uri(config.tracking) == "http://mlflow.example:5000"
 
 
 def test_benchmark_results_become_a_run(tmp_path, monkeypatch):
@@ -283,7 +285,7 @@ def test_benchmark_results_become_a_run(tmp_path, monkeypatch):
     results_file.write_text("| benchmark |\n")
     rows = [{"benchmark": "ingest", "variant": "Beam, 2 workers", "images": 3000, "images_per_s": 650.5,
              "vs_baseline": 0.75, "note": "text is not a metric"}]
-    run_id = tracking.log_benchmark({"rows": rows}, [str(results_file)], stage_config())
+    run_id = log_benchmark({"rows": rows}, [str(results_file)], stage_config())
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.info.run_name == "bench" and run.info.status == "FINISHED"
     assert run.data.metrics == {"ingest.Beam__2_workers.images": 3000, "ingest.Beam__2_workers.images_per_s": 650.5,

@@ -97,7 +97,8 @@ def _download_registered(name: str, alias: str | None, version: str | None, conf
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from components.tracking import SAVED_MODEL_ARTIFACT, tracking_uri
+    from components.tracking.client import tracking_uri
+    from components.tracking.pyfunc_model import SAVED_MODEL_ARTIFACT
 
     uri = tracking_uri(config.tracking)
     client = mlflow.MlflowClient(uri, registry_uri=uri)

@@ -78,10 +78,10 @@ def saved_model_dir(path: str) -> str:
 def registered_champion(config: Config, download: str) -> tuple[str | None, str]:
     """The MLflow registry's current champion downloaded into `download` (None when there is none
     yet), and its name `models:/NAME@champion`."""
-    from components import tracking
+    from components.tracking.registry import CHAMPION_ALIAS, champion_model_dir
 
-    champion = tracking.champion_model_dir(config, download)
-    name = f"models:/{config.tracking.registered_model}@{tracking.CHAMPION_ALIAS}"
+    champion = champion_model_dir(config, download)
+    name = f"models:/{config.tracking.registered_model}@{CHAMPION_ALIAS}"
     logger.info("Champion: %s", champion or f"none registered for {config.tracking.registered_model}")
     return champion, name
 

@@ -1,0 +1,146 @@
+"""The model registry: exported SavedModels as versions of `tracking.registered_model`, and its champion.
+
+A version is the export logged as a pyfunc model (`pyfunc_model.ImageClassifier`) of a run, tagged
+with its lineage; a blessed version takes the alias `champion`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+
+import mlflow
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from components.config import Config
+from components.manifest import read_manifest
+from components.tracking.client import local_copy, mlflow_client, safe_tags, search_string
+from components.tracking.pyfunc_model import SAVED_MODEL_ARTIFACT, ImageClassifier
+
+logger = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+# Name of the LoggedModel inside its run.
+MODEL_NAME = "model"
+# Packages of the pyfunc model's environment, pinned to the installed versions (never inferred).
+MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "pandas", "numpy")
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """A registered model version: `uri` is models:/NAME/VERSION; `champion` if it holds the alias."""
+
+    name: str
+    version: int
+    uri: str
+    champion: bool
+
+
+def register_model(export_dir: str, config: Config, *, run_id: str, blessed: bool,
+                   metrics: Mapping[str, float] = {}) -> ModelVersionInfo:
+    """Logs the exported SavedModel as a pyfunc model of run `run_id` and registers it as a new version
+    of `tracking.registered_model`, tagged with its lineage and `metrics`. A blessed version gets the
+    alias `champion`; otherwise the alias stays where it was."""
+    export_dir = export_dir.rstrip("/")
+    manifest = read_manifest(export_dir, "export")
+    settings = config.tracking
+    client = mlflow_client(settings)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                       tags=safe_tags({"cvpipe.export_dir": export_dir}))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, "model")
+            mlflow.pyfunc.save_model(
+                local,
+                python_model=ImageClassifier(),
+                artifacts={SAVED_MODEL_ARTIFACT: local_copy(export_dir, scratch)},
+                pip_requirements=[f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS],
+                mlflow_model=Model(artifact_path=model.artifact_location, run_id=run_id, model_id=model.model_id,
+                                   model_uuid=model.model_id),
+            )
+            client.log_model_artifacts(model.model_id, local)
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+
+    try:
+        client.create_registered_model(settings.registered_model)
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    tags = {
+        "cvpipe.blessed": str(blessed).lower(),
+        "cvpipe.export_dir": export_dir,
+        "cvpipe.fingerprint": manifest.fingerprint,
+        "cvpipe.dataset_fingerprint": manifest.inputs.get("dataset_fingerprint") or "unknown",
+        "cvpipe.code_version": manifest.code_version,
+        **{key: str(value) for key, value in metrics.items()},
+    }
+    # The source is the model's storage location, not models:/<model_id>: a SQL registry resolves the
+    # latter through mlflow's global tracking URI, not this client's (a local store would look in
+    # ./mlflow.db).
+    version = client.create_model_version(settings.registered_model, model.artifact_location, run_id=run_id,
+                                          tags=safe_tags(tags), model_id=model.model_id)
+    if blessed:
+        client.set_registered_model_alias(settings.registered_model, CHAMPION_ALIAS, version.version)
+    info = ModelVersionInfo(settings.registered_model, int(version.version),
+                            f"models:/{settings.registered_model}/{version.version}", blessed)
+    logger.info("Registered %s from %s (run %s)%s", info.uri, export_dir, run_id,
+                f"; it is the {CHAMPION_ALIAS}" if blessed else "; not blessed, the champion is unchanged")
+    return info
+
+
+def registered_versions(config: Config, run_id: str) -> list[ModelVersionInfo]:
+    """The versions of `tracking.registered_model` that run `run_id` registered."""
+    settings = config.tracking
+    client = mlflow_client(settings)
+    found = client.search_model_versions(f"name = {search_string(settings.registered_model)} "
+                                         f"and run_id = {search_string(run_id)}")
+    champion = client.get_registered_model(settings.registered_model).aliases.get(CHAMPION_ALIAS) if found else None
+    return [ModelVersionInfo(v.name, int(v.version), f"models:/{v.name}/{v.version}", str(v.version) == str(champion))
+            for v in found]
+
+
+def champion_version(config: Config) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The registered model's version holding the `champion` alias; None when the model or the alias
+    does not exist."""
+    settings = config.tracking
+    client = mlflow_client(settings)
+    # The registered model's aliases, not get_model_version_by_alias: a missing alias is an
+    # INVALID_PARAMETER_VALUE error there, like a malformed request.
+    try:
+        version = client.get_registered_model(settings.registered_model).aliases.get(CHAMPION_ALIAS)
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        version = None
+    if version is None:
+        logger.info("No %s of %r at %s", CHAMPION_ALIAS, settings.registered_model, client.tracking_uri)
+        return None
+    return client.get_model_version(settings.registered_model, str(version))
+
+
+def champion_model_dir(config: Config, destination: str) -> str | None:
+    """Downloads the champion's model to `destination` and returns its SavedModel directory; None when
+    the registered model or its champion alias does not exist."""
+    champion = champion_version(config)
+    if champion is None:
+        return None
+    client = mlflow_client(config.tracking)
+    # Not models:/NAME/VERSION: mlflow resolves those through its global registry URI, not this client's.
+    location = client.get_model_version_download_uri(champion.name, champion.version)
+    model_dir = mlflow.artifacts.download_artifacts(location, dst_path=destination, tracking_uri=client.tracking_uri)
+    artifact = Model.load(model_dir).flavors["python_function"]["artifacts"][SAVED_MODEL_ARTIFACT]
+    saved_model = os.path.join(model_dir, artifact["path"])
+    logger.info("Downloaded %s version %s (%s) to %s", champion.name, champion.version, CHAMPION_ALIAS, saved_model)
+    return saved_model
