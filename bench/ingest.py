@@ -16,9 +16,9 @@ from components import records
 from components.config import Config, load_config
 from components.demo_data import CLASSES, generate_demo_dataset
 from components.image_inputs import read_file
-from components.ingest.images import check_image, stored_bytes
+from components.ingest.images import MAX_FILE_BYTES_SETTING, check_image, stored_bytes
 from components.ingest.lookahead import available_cpus
-from components.ingest.pipeline import MAX_FILE_BYTES_SETTING, serialize_record
+from components.ingest.pipeline import serialize_record
 from components.ingest.run import run_ingest
 from components.ingest.sources import list_inputs
 from components.ingest.splits import assign_split

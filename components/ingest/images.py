@@ -25,6 +25,7 @@ from components.config import IngestConfig
 from components.image_inputs import FORMATS, open_image
 from components.rejections import ImageRejected, Reason
 
+MAX_FILE_BYTES_SETTING = "ingest.max_file_bytes"
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -57,7 +58,7 @@ def check_image(data: bytes, config: IngestConfig) -> CheckedImage:
         raise ImageRejected(Reason.EMPTY_FILE, "file has zero bytes")
     if len(data) > config.max_file_bytes:
         raise ImageRejected(
-            Reason.TOO_LARGE, f"{len(data)} bytes > ingest.max_file_bytes={config.max_file_bytes}"
+            Reason.TOO_LARGE, f"{len(data)} bytes > {MAX_FILE_BYTES_SETTING}={config.max_file_bytes}"
         )
     image = open_image(data)
     original_format = FORMATS.get(image.format or "")

@@ -33,7 +33,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from components import records
 from components.config import IngestConfig
 from components.image_inputs import read_file
-from components.ingest.images import CheckedImage, check_image, stored_bytes
+from components.ingest.images import MAX_FILE_BYTES_SETTING, CheckedImage, check_image, stored_bytes
 from components.ingest.lookahead import Lookahead, thread_count
 from components.ingest.sources import InputImage
 from components.ingest.splits import assign_split, shard_index
@@ -48,7 +48,6 @@ SHARDS_SUMMARY_FILE = "_shards.json"
 # Protobuf and TFRecord framing per record, for sizing shards before they are written.
 _RECORD_OVERHEAD_BYTES = 300
 _PROGRESS_EVERY = 500
-MAX_FILE_BYTES_SETTING = "ingest.max_file_bytes"
 
 
 @dataclass(frozen=True)
