@@ -16,13 +16,14 @@ from bench.fixtures import demo_images, image_files
 from bench.settings import BenchSettings
 from components import records
 from components.config import Config, load_config
-from components.ingest.run import run_ingest
-from components.ingest.images import check_image, stored_bytes
+from components.image_inputs import read_file
+from components.ingest.images import MAX_FILE_BYTES_SETTING, check_image, stored_bytes
 from components.ingest.lookahead import available_cpus
-from components.ingest.pipeline import read_file, serialize_record
-from components.ingest.rejections import ImageRejected
+from components.ingest.pipeline import serialize_record
+from components.ingest.run import run_ingest
 from components.ingest.sources import list_inputs
 from components.ingest.splits import assign_split
+from components.rejections import ImageRejected
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def baseline_ingest(input_dir: str, output_dir: str, config: Config) -> int:
     written = 0
     for image in inputs.images:
         try:
-            data = read_file(image.uri, config.ingest.max_file_bytes)
+            data = read_file(image.uri, config.ingest.max_file_bytes, MAX_FILE_BYTES_SETTING)
             checked = check_image(data, config.ingest)
         except ImageRejected:
             continue

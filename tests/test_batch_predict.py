@@ -29,7 +29,7 @@ from components.batch_predict.__main__ import main
 from components.batch_predict.inputs import read_tfrecords
 from components.records import example_bytes
 from components.batch_predict.outputs import shard_of
-from components.batch_predict.remote import Endpoint, EndpointError, GrpcClient, RestClient, resolve
+from components.batch_predict.remote import Endpoint, EndpointError, GrpcScorer, RestScorer, resolve
 from components.batch_predict.results import Failure, Prediction
 from components.batch_predict.run import run_batch_predict
 from components.config import ConfigError, load_config
@@ -375,7 +375,7 @@ def remote_settings(*overrides: str):
                   "batch_predict.remote_timeout_seconds=1", *overrides).batch_predict
 
 
-def check_client_results(results, images: dict[str, bytes], reference: dict[str, np.ndarray]) -> None:
+def check_scorer_results(results, images: dict[str, bytes], reference: dict[str, np.ndarray]) -> None:
     for (uri, _), result in zip(images.items(), results):
         if uri in reference:
             assert isinstance(result, Prediction)
@@ -384,7 +384,7 @@ def check_client_results(results, images: dict[str, bytes], reference: dict[str,
             assert isinstance(result, Failure) and result.reason == "corrupt"
 
 
-def test_rest_client_retries_overload_and_timeouts_and_isolates_bad_images(model_server, inputs, reference):
+def test_rest_scorer_retries_overload_and_timeouts_and_isolates_bad_images(model_server, inputs, reference):
     images = {uri: Path(uri).read_bytes() for uri in inputs.good[:3]}
     images[str(inputs.folder / "half.jpg")] = (inputs.folder / "half.jpg").read_bytes()
     proxy = FlakyRestProxy(f"http://127.0.0.1:{model_server.ports.rest}", [503, "sleep", 429])
@@ -392,8 +392,8 @@ def test_rest_client_retries_overload_and_timeouts_and_isolates_bad_images(model
         endpoint = resolve(Endpoint("rest", proxy.host, "tiny"), remote_settings())  # GET: 503, timeout, 429, ok
         assert endpoint.version == "1" and endpoint.input_name == "image_bytes"
         proxy.script = [504]
-        results = RestClient(endpoint, remote_settings(), 3, False).score(list(images.values()))
-        check_client_results(results, images, reference)
+        results = RestScorer(endpoint, remote_settings(), 3, False).score(list(images.values()))
+        check_scorer_results(results, images, reference)
         # [good, good] after a 504; [good, corrupt] -> 400 -> [good], [corrupt] -> 400.
         assert [(m, step) for m, _, step in proxy.seen] == [
             ("GET", 503), ("GET", "sleep"), ("GET", 429), ("GET", None), ("POST", 504), ("POST", None),
@@ -403,15 +403,15 @@ def test_rest_client_retries_overload_and_timeouts_and_isolates_bad_images(model
         two = list(images.values())[:2]  # one request
         proxy.script = [503] * 4  # more than the retries
         with pytest.raises(EndpointError, match="still failing after 4 attempts"):
-            RestClient(endpoint, remote_settings(), 3, False).score(two)
+            RestScorer(endpoint, remote_settings(), 3, False).score(two)
         proxy.script = [500]  # not retryable, not about an input
         with pytest.raises(EndpointError, match="HTTP 500"):
-            RestClient(endpoint, remote_settings(), 3, False).score(two)
+            RestScorer(endpoint, remote_settings(), 3, False).score(two)
     finally:
         proxy.close()
 
 
-def test_grpc_client_retries_unavailable_and_isolates_bad_images(model_server, inputs, reference):
+def test_grpc_scorer_retries_unavailable_and_isolates_bad_images(model_server, inputs, reference):
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     upstream = prediction_service_pb2_grpc.PredictionServiceStub(
@@ -443,8 +443,8 @@ def test_grpc_client_retries_unavailable_and_isolates_bad_images(model_server, i
         endpoint = resolve(Endpoint("grpc", f"127.0.0.1:{port}", "tiny"), remote_settings())
         images = {uri: Path(uri).read_bytes() for uri in inputs.good[3:6]}
         images[str(inputs.folder / "half.png")] = (inputs.folder / "half.png").read_bytes()
-        results = GrpcClient(endpoint, remote_settings(), 3, False).score(list(images.values()))
-        check_client_results(results, images, reference)
+        results = GrpcScorer(endpoint, remote_settings(), 3, False).score(list(images.values()))
+        check_scorer_results(results, images, reference)
         assert seen == [(1, "UNAVAILABLE"), (1, "RESOURCE_EXHAUSTED")] + [(1, None)] * 4
     finally:
         server.stop(None)

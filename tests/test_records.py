@@ -65,6 +65,6 @@ def test_same_records_give_the_same_bytes():
 
 def test_beam_workers_do_not_import_tensorflow():
     # Importing TF costs ~4 s per DirectRunner worker; the worker-side modules must not need it.
-    code = ("import sys, components.ingest.pipeline, components.records; "
+    code = ("import sys, components.ingest.pipeline, components.batch_predict.inputs, components.records; "
             "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

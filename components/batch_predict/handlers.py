@@ -4,7 +4,7 @@
 - `SavedModelHandler`: the SavedModel in process, loaded once per worker process (or once per
   machine with `batch_predict.share_model`); image bytes go straight into the graph, which decodes.
 - `EndpointHandler`: a TF Serving endpoint (REST or gRPC) through Beam's RemoteModelHandler; the
-  client (connection pool, thread pool) is created once per worker process.
+  scorer (remote.py: connection pool, thread pool) is created once per worker process.
 
 Both return one `PredictionResult` per image whose `inference` is a `Prediction` or a `Failure`: a
 batch the model refuses because of an input (a corrupt image fails the whole batched call) is
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RemoteModelHandler
 
-from components.batch_predict.remote import Endpoint, make_client
+from components.batch_predict.remote import Endpoint, make_scorer
 from components.batch_predict.results import InputError, isolate, predictions_from_outputs
 from components.config import BatchPredictConfig
 
@@ -98,7 +98,7 @@ def _never(_: Exception) -> bool:
 
 
 class EndpointHandler(RemoteModelHandler[bytes, PredictionResult, Any]):
-    """Calls a TF Serving endpoint. Retries, backoff and timeouts are the client's (remote.py), per
+    """Calls a TF Serving endpoint. Retries, backoff and timeouts are the scorer's (remote.py), per
     request and configurable; RemoteModelHandler's own whole-batch retry is off."""
 
     def __init__(self, endpoint: Endpoint, settings: BatchPredictConfig, model_id: str):
@@ -108,7 +108,7 @@ class EndpointHandler(RemoteModelHandler[bytes, PredictionResult, Any]):
         self._model_id = model_id
 
     def create_client(self):
-        return make_client(self._endpoint, self._settings, self._settings.top_k, self._settings.probabilities)
+        return make_scorer(self._endpoint, self._settings, self._settings.top_k, self._settings.probabilities)
 
     def request(self, batch: Sequence[bytes], model, inference_args: Optional[dict[str, Any]] = None
                 ) -> Iterable[PredictionResult]:

@@ -3,8 +3,9 @@ reading them on the workers.
 
 Inputs:
   - a glob of image files (`gs://bucket/images/*.jpg`, `/data/**`), or a directory (every file below it);
-  - a CSV of URIs: the first column is the URI, an optional header row names it (`uri`, `path`, ...),
-    further columns are ignored, relative URIs are resolved against the CSV's folder;
+  - a CSV of URIs: the first column is the URI, an optional header row names it (`uri`, `path`, ...:
+    components.image_inputs.URI_COLUMNS), further columns are ignored, relative URIs are resolved
+    against the CSV's folder;
   - an ingest output directory: its TFRecords (all splits or some), key `image/source`, bytes
     `image/encoded`.
 
@@ -14,36 +15,34 @@ repeated runs byte-identical (a model's float results depend on the batch an ima
 
 Workers stay TensorFlow-free: files and records are read through Beam's FileSystems (local, gs://),
 records are parsed by components.records, and image headers are checked with Pillow (never decoded: the serving graph
-decodes).
+decodes). Files are read and headers opened by components.image_inputs, as ingest does.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import posixpath
-import re
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
 
-from components import records
-from components.batch_predict.results import ErrorRow, Reason
+from components import image_limits, records
 from components.config import BatchPredictConfig
+from components.image_inputs import (FORMATS, URI_COLUMNS, check_size, list_files, open_image, read_csv_rows,
+                                     read_file, resolve_uri)
+from components.rejections import ImageRejected, Reason, Rejection
 
 logger = logging.getLogger(__name__)
 
 ERRORS = "errors"
-URI_HEADERS = {"uri", "image_uri", "image", "path", "filename", "file", "image_path", "url"}
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-# Formats the serving graph decodes (tf.io.decode_jpeg / decode_image), by Pillow's names.
-DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"}
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+# Formats the serving graph decodes (tf.io.decode_jpeg / decode_image), by components.image_inputs' names.
+DECODABLE_FORMATS = {name.lower() for name in image_limits.ACCEPTED_FORMATS}
+MAX_IMAGE_BYTES_SETTING = "batch_predict.max_image_bytes"
 _PROGRESS_EVERY = 2000
 
 
@@ -55,7 +54,7 @@ class Listing:
     count: int  # inputs, errors found while listing included
     uris: list[str] = field(default_factory=list)
     record_files: list[str] = field(default_factory=list)
-    errors: list[ErrorRow] = field(default_factory=list)  # found while listing (malformed CSV rows)
+    errors: list[Rejection] = field(default_factory=list)  # found while listing (malformed CSV rows)
     fingerprint: str = ""  # the ingest output's, for records
 
 
@@ -68,7 +67,7 @@ def list_inputs(path: str, splits: Sequence[str] = ()) -> Listing:
     if tf.io.gfile.isdir(path):
         if tf.io.gfile.exists(posixpath.join(path, MANIFEST_FILE)):
             return _list_records(path, read_manifest(path, "ingest"), splits)
-        uris = sorted(posixpath.join(d, name) for d, _, files in tf.io.gfile.walk(path) for name in files)
+        uris = list_files(path)
         if not uris:
             raise FileNotFoundError(f"input directory {path} holds no file")
         return _files(uris, splits)
@@ -81,30 +80,24 @@ def list_inputs(path: str, splits: Sequence[str] = ()) -> Listing:
     return _files(uris, splits)
 
 
-def _files(uris: list[str], splits: Sequence[str], errors: list[ErrorRow] = ()) -> Listing:
+def _files(uris: list[str], splits: Sequence[str], errors: list[Rejection] = ()) -> Listing:
     if splits:
         raise ValueError("--split applies to an ingest output directory only")
     return Listing("files", len(uris) + len(errors), uris=uris, errors=list(errors))
 
 
 def _read_csv(path: str, splits: Sequence[str]) -> Listing:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "r") as f:
-        rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(f.read())), start=1)
-                if any(cell.strip() for cell in row)]
-    if rows and rows[0][1][0].strip().lower() in URI_HEADERS:
+    rows = read_csv_rows(path)
+    if rows and rows[0][1][0].strip().lower() in URI_COLUMNS:
         rows = rows[1:]
     base = posixpath.dirname(path)
     uris, errors = [], []
     for line, row in rows:
         uri = row[0].strip()
         if not uri:
-            errors.append(ErrorRow(f"{path}:{line}", Reason.MALFORMED_ROW.value, f"empty uri (first column): {row!r}"))
+            errors.append(Rejection(f"{path}:{line}", Reason.MALFORMED_ROW, f"empty uri (first column): {row!r}"))
             continue
-        if not _SCHEME.match(uri) and not posixpath.isabs(uri):
-            uri = posixpath.join(base, uri)
-        uris.append(uri)
+        uris.append(resolve_uri(uri, base))
     if not uris and not errors:
         raise ValueError(f"CSV {path} has no rows; expected one URI per row in the first column")
     return _files(sorted(uris), splits, errors)
@@ -123,49 +116,20 @@ def plan_batches(uris: Sequence[str], size: int) -> list[list[str]]:
     return [list(uris[i:i + size]) for i in range(0, len(uris), size)]
 
 
-def check_image(uri: str, data: bytes, settings: BatchPredictConfig) -> ErrorRow | None:
-    """An ErrorRow when `data` cannot be scored: empty, too large, not an image the serving graph
+def check_header(data: bytes, settings: BatchPredictConfig) -> None:
+    """Rejects `data` when it cannot be scored: empty, too large, not an image the serving graph
     decodes, or a broken header. Reads the header only; the graph decodes the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
-        return ErrorRow(uri, Reason.EMPTY_FILE.value, "file has zero bytes")
-    if len(data) > settings.max_image_bytes:
-        return ErrorRow(uri, Reason.TOO_LARGE.value,
-                        f"more than batch_predict.max_image_bytes={settings.max_image_bytes} bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt, (width, height) = image.format, image.size
-    except UnidentifiedImageError:
-        if data.startswith(_SIGNATURES):
-            return ErrorRow(uri, Reason.CORRUPT.value, "has an image signature but its header does not parse")
-        return ErrorRow(uri, Reason.NOT_IMAGE.value, f"not a recognised image format (starts with {data[:8]!r})")
-    except Image.DecompressionBombError as e:
-        return ErrorRow(uri, Reason.TOO_LARGE.value, str(e))
-    except Exception as e:  # a recognised header that is itself broken
-        return ErrorRow(uri, Reason.CORRUPT.value, f"image header does not parse: {e}")
-    if fmt not in DECODABLE_FORMATS:
-        return ErrorRow(uri, Reason.UNSUPPORTED_FORMAT.value,
-                        f"{fmt} is not decoded by the serving graph (JPEG, PNG, GIF, BMP, WebP)")
+        raise ImageRejected(Reason.EMPTY_FILE, "file has zero bytes")
+    check_size(data, settings.max_image_bytes, MAX_IMAGE_BYTES_SETTING)
+    with open_image(data) as image:
+        fmt, (width, height) = image.format, image.size
+    if FORMATS.get(fmt) not in DECODABLE_FORMATS:
+        raise ImageRejected(Reason.UNSUPPORTED_FORMAT,
+                            f"{fmt} is not decoded by the serving graph ({', '.join(image_limits.ACCEPTED_FORMATS)})")
     if width * height > settings.max_pixels:
-        return ErrorRow(uri, Reason.TOO_LARGE.value, f"{width}x{height} = {width * height} pixels > "
-                        f"batch_predict.max_pixels={settings.max_pixels}")
-    return None
-
-
-def read_file(uri: str, max_bytes: int) -> bytes | ErrorRow:
-    """The bytes at `uri` (at most max_bytes + 1 of them), or an ErrorRow (missing, unreadable)."""
-    try:
-        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return f.read(max_bytes + 1)
-    except Exception as e:  # each filesystem raises its own errors
-        try:
-            exists = FileSystems.exists(uri)
-        except Exception:
-            exists = True
-        if not exists:
-            return ErrorRow(uri, Reason.MISSING.value, "no such file")
-        return ErrorRow(uri, Reason.UNREADABLE.value, f"read failed: {e}")
+        raise ImageRejected(Reason.TOO_LARGE, f"{width}x{height} = {width * height} pixels > "
+                            f"batch_predict.max_pixels={settings.max_pixels}")
 
 
 class _Reader(beam.DoFn):
@@ -174,35 +138,37 @@ class _Reader(beam.DoFn):
         self._batch_size = batch_size
         self._seen = 0
 
-    def _error(self, uri: str, data: bytes | ErrorRow) -> ErrorRow | None:
-        """Why the input at `uri` cannot be scored, or None."""
+    def _checked(self, uri: str, read: Callable[[], bytes]) -> bytes | Rejection:
+        """`read()`, the bytes of the input at `uri`, once they can be scored; else why they cannot."""
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
             logger.info("read %d inputs in this worker", self._seen)
-        error = data if isinstance(data, ErrorRow) else check_image(uri, data, self._settings)
-        if error is not None:
-            beam.metrics.Metrics.counter("batch_predict", f"error_{error.reason}").inc()
-        return error
+        try:
+            data = read()
+            check_header(data, self._settings)
+            return data
+        except ImageRejected as rejected:
+            beam.metrics.Metrics.counter("batch_predict", f"error_{rejected.reason.value}").inc()
+            return Rejection(uri, rejected.reason, rejected.detail)
 
 
 class ReadImages(_Reader):
-    """A batch of URIs -> one batch [(uri, bytes)] of the readable images; the others as tagged ErrorRows."""
+    """A batch of URIs -> one batch [(uri, bytes)] of the readable images; the others as tagged Rejections."""
 
     def process(self, uris: list[str]) -> Iterator:
         batch = []
         for uri in uris:
-            data = read_file(uri, self._settings.max_image_bytes)
-            error = self._error(uri, data)
-            if error is None:
-                batch.append((uri, data))
+            data = self._checked(uri, partial(read_file, uri, self._settings.max_image_bytes, MAX_IMAGE_BYTES_SETTING))
+            if isinstance(data, Rejection):
+                yield TaggedOutput(ERRORS, data)
             else:
-                yield TaggedOutput(ERRORS, error)
+                batch.append((uri, data))
         if batch:
             yield batch
 
 
 class ReadRecords(_Reader):
-    """An ingest shard -> batches [(image/source, image/encoded)] in record order; bad records as ErrorRows."""
+    """An ingest shard -> batches [(image/source, image/encoded)] in record order; bad records as Rejections."""
 
     def process(self, path: str) -> Iterator:
         batch = []
@@ -210,12 +176,9 @@ class ReadRecords(_Reader):
             features = records.example_bytes(record, ("image/source", "image/encoded"))
             uri = features["image/source"].decode("utf-8", "replace") if "image/source" in features \
                 else f"{path}#{index}"
-            data = features.get("image/encoded")
-            if data is None:
-                data = ErrorRow(uri, Reason.MALFORMED_ROW.value, f"record {index} of {path} has no image/encoded")
-            error = self._error(uri, data)
-            if error is not None:
-                yield TaggedOutput(ERRORS, error)
+            data = self._checked(uri, partial(_encoded_image, features, f"record {index} of {path}"))
+            if isinstance(data, Rejection):
+                yield TaggedOutput(ERRORS, data)
                 continue
             batch.append((uri, data))
             if len(batch) == self._batch_size:
@@ -223,6 +186,13 @@ class ReadRecords(_Reader):
                 batch = []
         if batch:
             yield batch
+
+
+def _encoded_image(features: dict[str, bytes], record: str) -> bytes:
+    """The image bytes of a record's `features`; a record without them is rejected."""
+    if "image/encoded" not in features:
+        raise ImageRejected(Reason.MALFORMED_ROW, f"{record} has no image/encoded")
+    return features["image/encoded"]
 
 
 def read_tfrecords(path: str) -> Iterator[bytes]:

@@ -23,8 +23,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from components.batch_predict.results import ErrorRow, Failure, Prediction
+from components.batch_predict.results import Failure, Prediction
 from components.records import length_delimited, varint
+from components.rejections import Rejection
 
 EXTENSIONS = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet", "tfrecord": ".tfrecord.gz"}
 CSV_COLUMNS = ("uri", "label", "class_id", "score", "top_k", "model_name", "model_version")
@@ -60,7 +61,7 @@ def prediction_row(uri: str, prediction: Prediction, labels: list[str] | None, m
 
 
 class ToRows(beam.DoFn):
-    """(uri, PredictionResult) -> a prediction row, or an ErrorRow tagged `errors`."""
+    """(uri, PredictionResult) -> a prediction row, or a Rejection tagged `errors`."""
 
     def __init__(self, labels: list[str] | None, model_name: str, model_version: str, errors_tag: str):
         self._labels = labels
@@ -72,8 +73,8 @@ class ToRows(beam.DoFn):
         uri, result = element
         inference = result.inference
         if isinstance(inference, Failure):
-            beam.metrics.Metrics.counter("batch_predict", f"error_{inference.reason}").inc()
-            yield beam.pvalue.TaggedOutput(self._errors, ErrorRow(uri, inference.reason, inference.detail))
+            beam.metrics.Metrics.counter("batch_predict", f"error_{inference.reason.value}").inc()
+            yield beam.pvalue.TaggedOutput(self._errors, Rejection(uri, inference.reason, inference.detail))
         else:
             beam.metrics.Metrics.counter("batch_predict", "predictions").inc()
             yield prediction_row(uri, inference, self._labels, self._model_name, self._model_version)
@@ -195,5 +196,5 @@ class WriteShard(beam.DoFn):
                "classes": dict(sorted(Counter(row["label"] for row in rows).items()))}
 
 
-def errors_jsonl(errors: Iterable[ErrorRow]) -> str:
+def errors_jsonl(errors: Iterable[Rejection]) -> str:
     return "".join(e.to_json() + "\n" for e in sorted(errors))

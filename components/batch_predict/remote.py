@@ -1,5 +1,8 @@
-"""Clients of a TF Serving endpoint (REST or gRPC, the contract in /work/shared/tf-serving-contract.md):
-image bytes in batches, bounded concurrency, retries with exponential backoff, per-request timeouts.
+"""Scoring images on a TF Serving endpoint (REST or gRPC: TF Serving's predict and metadata APIs, as
+serving/ implements them): image bytes in batches, bounded concurrency, retries with exponential
+backoff, per-request timeouts. `RestScorer` and `GrpcScorer` turn a batch of images into predictions;
+serving.client's RestClient and GrpcClient, by contrast, make one plain API call each (no retries, no
+isolation) for tests, benches and its command line.
 
 - REST: `POST .../v1/models/NAME/versions/V:predict` with `{"instances": [{"b64": ...}, ...]}`
   (TensorFlow-free: requests, json, base64).
@@ -123,7 +126,7 @@ def resolve(endpoint: Endpoint, settings: BatchPredictConfig) -> Endpoint:
                    input_name=next(iter(inputs)))
 
 
-class _Client:
+class _Scorer:
     """Splits a batch into requests of `batch_size` images, sends them on a per-process pool of
     `remote_max_concurrent_requests` threads, retries and isolates failures."""
 
@@ -163,7 +166,7 @@ class _Client:
         raise NotImplementedError
 
 
-class RestClient(_Client):
+class RestScorer(_Scorer):
     """TF Serving's REST predict API, through one keep-alive connection pool per process."""
 
     def __init__(self, endpoint: Endpoint, settings: BatchPredictConfig, top_k: int, probabilities: bool):
@@ -203,7 +206,7 @@ class RestClient(_Client):
         return self._predictions(outputs, len(images))
 
 
-class GrpcClient(_Client):
+class GrpcScorer(_Scorer):
     """TF Serving's gRPC PredictionService, one channel per process (message size limits raised)."""
 
     def __init__(self, endpoint: Endpoint, settings: BatchPredictConfig, top_k: int, probabilities: bool):
@@ -234,8 +237,9 @@ class GrpcClient(_Client):
         return self._predictions(outputs, len(images))
 
 
-def make_client(endpoint: Endpoint, settings: BatchPredictConfig, top_k: int, probabilities: bool) -> _Client:
-    return (RestClient if endpoint.protocol == "rest" else GrpcClient)(endpoint, settings, top_k, probabilities)
+def make_scorer(endpoint: Endpoint, settings: BatchPredictConfig, top_k: int, probabilities: bool) -> _Scorer:
+    """The scorer of the endpoint's protocol."""
+    return (RestScorer if endpoint.protocol == "rest" else GrpcScorer)(endpoint, settings, top_k, probabilities)
 
 
 def _rest_error(response) -> str:

@@ -1,46 +1,19 @@
 """What scoring one image gives: a `Prediction`, or a `Failure` with a reason; and how a failing
 batch is narrowed down to the images that fail.
 
-TensorFlow-free (numpy only): the remote client and the output writers run without it.
+TensorFlow-free (numpy only): the remote scorers and the output writers run without it.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from components import image_limits
-
-
-class Reason(str, enum.Enum):
-    """Why an input has no prediction: every such input is one line of errors.jsonl."""
-
-    MISSING = "missing"  # the URI does not exist
-    UNREADABLE = "unreadable"  # it exists but reading failed
-    EMPTY_FILE = "empty_file"  # zero bytes
-    NOT_IMAGE = "not_image"  # no image format recognised
-    UNSUPPORTED_FORMAT = "unsupported_format"  # an image format the serving graph does not decode (e.g. TIFF)
-    CORRUPT = "corrupt"  # recognised, but the header or the data does not decode
-    TOO_LARGE = "too_large"  # over batch_predict.max_image_bytes or max_pixels, or the model's pixel limit
-    MALFORMED_ROW = "malformed_row"  # a CSV row without a URI, or a record without image bytes
-    INFERENCE_ERROR = "inference_error"  # the model (or endpoint) refused this one image for another reason
-
-
-@dataclass(frozen=True, order=True)
-class ErrorRow:
-    """One line of errors.jsonl."""
-
-    uri: str
-    reason: str
-    detail: str
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+from components.rejections import Reason
 
 
 @dataclass(frozen=True)
@@ -60,7 +33,7 @@ class Prediction:
 class Failure:
     """The model (or endpoint) refused this image alone."""
 
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -128,11 +101,11 @@ def failure_from_message(message: str) -> Failure:
     detail = _ASSERTION.sub(r"\1", detail)[:500]
     for template, reason in _REFUSALS:
         if image_limits.matches(template, detail):
-            return Failure(reason.value, detail)
+            return Failure(reason, detail)
     if "Unknown image file format" in detail:
-        return Failure(Reason.NOT_IMAGE.value, detail)
+        return Failure(Reason.NOT_IMAGE, detail)
     reason = Reason.CORRUPT if _DECODE_WORDS.search(message) else Reason.INFERENCE_ERROR
-    return Failure(reason.value, detail)
+    return Failure(reason, detail)
 
 
 def _text(value) -> str:

@@ -19,18 +19,13 @@ from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from components.config import IngestConfig
-from components.ingest.rejections import ImageRejected, Reason
+from components.image_inputs import FORMATS, open_image
+from components.rejections import ImageRejected, Reason
 
-# Pillow format names -> ours. MPO is the multi-picture JPEG many cameras write.
-_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "BMP": "bmp", "GIF": "gif", "TIFF": "tiff", "WEBP": "webp"}
-# File signatures, to tell a broken image from something that is no image at all.
-_SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
-    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WEBP",
-}
+MAX_FILE_BYTES_SETTING = "ingest.max_file_bytes"
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -63,10 +58,10 @@ def check_image(data: bytes, config: IngestConfig) -> CheckedImage:
         raise ImageRejected(Reason.EMPTY_FILE, "file has zero bytes")
     if len(data) > config.max_file_bytes:
         raise ImageRejected(
-            Reason.TOO_LARGE, f"{len(data)} bytes > ingest.max_file_bytes={config.max_file_bytes}"
+            Reason.TOO_LARGE, f"{len(data)} bytes > {MAX_FILE_BYTES_SETTING}={config.max_file_bytes}"
         )
-    image = _open(data)
-    original_format = _FORMATS.get(image.format or "")
+    image = open_image(data)
+    original_format = FORMATS.get(image.format or "")
     if original_format is None or original_format not in config.formats:
         raise ImageRejected(
             Reason.UNSUPPORTED_FORMAT,
@@ -111,26 +106,12 @@ def stored_bytes(data: bytes, checked: CheckedImage) -> bytes:
 def normalized_pixels(image: Image.Image | bytes) -> np.ndarray:
     """The normalised pixels of an image (or its file bytes): uint8 RGB `[H, W, 3]`."""
     if isinstance(image, bytes):
-        image = _open(image)
+        image = open_image(image)
     image = ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT_MODES:
         gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     return np.asarray(image.convert("RGB"))
-
-
-def _open(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        claimed = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
-        if claimed:
-            raise ImageRejected(Reason.CORRUPT, f"has a {claimed} signature but its header does not parse")
-        raise ImageRejected(Reason.NOT_IMAGE, f"not a recognised image format (starts with {data[:8]!r})")
-    except Exception as e:  # a recognised header that is itself broken
-        raise ImageRejected(Reason.CORRUPT, f"image header does not parse: {e}") from e
-    image.seek(0)  # animated images: the first frame
-    return image
 
 
 def _stored_as_given(data: bytes, image: Image.Image, fmt: str, orientation: int) -> bool:

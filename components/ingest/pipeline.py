@@ -19,7 +19,7 @@ import logging
 import math
 import posixpath
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 import google_crc32c
@@ -32,11 +32,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from components import records
 from components.config import IngestConfig
-from components.ingest.images import CheckedImage, check_image, stored_bytes
+from components.image_inputs import read_file
+from components.ingest.images import MAX_FILE_BYTES_SETTING, CheckedImage, check_image, stored_bytes
 from components.ingest.lookahead import Lookahead, thread_count
-from components.ingest.rejections import ImageRejected, Reason, Rejection
 from components.ingest.sources import InputImage
 from components.ingest.splits import assign_split, shard_index
+from components.rejections import ImageRejected, Reason, Rejection
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ SHARDS_SUMMARY_FILE = "_shards.json"
 # Protobuf and TFRecord framing per record, for sizing shards before they are written.
 _RECORD_OVERHEAD_BYTES = 300
 _PROGRESS_EVERY = 500
-_READ_CHUNK_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ class CheckImages(_ThreadedDoFn):
 
     def _work(self, item: WindowedValue) -> CheckedImage | ImageRejected:
         try:
-            return check_image(read_file(item.value.uri, self._config.max_file_bytes), self._config)
+            data = read_file(item.value.uri, self._config.max_file_bytes, MAX_FILE_BYTES_SETTING)
+            return check_image(data, self._config)
         except ImageRejected as rejected:  # a fresh one: the raised one's traceback holds the file and image
             return ImageRejected(rejected.reason, rejected.detail)
 
@@ -204,7 +205,7 @@ class WriteShard(_ThreadedDoFn):
             for accepted in ordered:
                 image, checked = accepted.candidate.image, accepted.candidate.checked
                 try:
-                    data = read_file(image.uri, self._config.max_file_bytes)
+                    data = read_file(image.uri, self._config.max_file_bytes, MAX_FILE_BYTES_SETTING)
                     if len(data) != checked.source_bytes or google_crc32c.value(data) != checked.crc32c:
                         raise ImageRejected(Reason.CHANGED, "content changed after it was checked; run ingest again")
                 except ImageRejected as rejected:
@@ -299,20 +300,6 @@ def serialize_record(image: InputImage, checked: CheckedImage, encoded: bytes, l
     })
 
 
-def read_file(uri: str, max_bytes: int) -> bytes:
-    """The bytes at `uri` (local, gs://, ...); a missing, unreadable or oversized file is rejected."""
-    try:
-        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = _read_at_most(f, max_bytes + 1)
-    except Exception as e:  # each filesystem raises its own errors
-        if not FileSystems.exists(uri):
-            raise ImageRejected(Reason.MISSING, "no such file")
-        raise ImageRejected(Reason.UNREADABLE, f"read failed: {e}")
-    if len(data) > max_bytes:
-        raise ImageRejected(Reason.TOO_LARGE, f"more than ingest.max_file_bytes={max_bytes} bytes")
-    return data
-
-
 def _write_reports(directory: str, summaries: list[ShardSummary], rejected: list[Rejection],
                    listing_rejections: list[Rejection]) -> None:
     """Writes SHARDS_SUMMARY_FILE and REJECTS_FILE (those of the listing included) into `directory`."""
@@ -326,15 +313,6 @@ def _read_listing(path: str) -> Iterator[InputImage]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for line in io.TextIOWrapper(f, encoding="utf-8"):
             yield InputImage.from_json(line)
-
-
-def _read_at_most(stream: BinaryIO, size: int) -> bytes:
-    """Up to `size` bytes of `stream`, in chunks: one read(size) would allocate `size` bytes each time."""
-    chunks, total = [], 0
-    while total < size and (chunk := stream.read(min(_READ_CHUNK_BYTES, size - total))):
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
 
 
 def _write_text(path: str, text: str) -> None:

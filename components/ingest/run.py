@@ -31,9 +31,9 @@ from components import records
 from components.beam_runtime import beam_options, beam_pipeline, runs_on_one_worker
 from components.config import Config
 from components.ingest.pipeline import INPUTS_FILE, REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
-from components.ingest.rejections import Reason, Rejection
 from components.ingest.sources import list_inputs
 from components.manifest import Manifest, Origin, read_json, write_json, write_manifest
+from components.rejections import Reason, Rejection
 from components.staging import staged_output
 
 logger = logging.getLogger(__name__)

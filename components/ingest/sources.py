@@ -1,22 +1,21 @@
 """Lists the inputs of an ingest run: a folder with one sub-folder per class, or a CSV.
 
 CSV layouts (an optional header row names the columns): `uri,label` (the book's),
-`split,uri,label` (TFRecorder's) and `uri,label,split`. Relative URIs are resolved against the
-CSV's folder. Rows that cannot be used become rejections here; everything else is checked later.
+`split,uri,label` (TFRecorder's) and `uri,label,split`. The names the URI column may have and
+how relative URIs resolve (against the CSV's folder) are components.image_inputs', shared with
+batch scoring. Rows that cannot be used become rejections here; everything else is checked later.
 Listing runs on the driver; Beam workers only use `InputImage`, so TensorFlow is imported lazily.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import posixpath
-import re
 from dataclasses import dataclass
 
-from components.ingest.rejections import Reason, Rejection
+from components.image_inputs import URI_COLUMNS, list_files, read_csv_rows, resolve_uri
+from components.rejections import Reason, Rejection
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +24,7 @@ SPLIT_ALIASES = {
     "valid": "valid", "validation": "valid", "val": "valid", "eval": "valid",
     "test": "test", "testing": "test",
 }
-URI_COLUMNS = {"uri", "image_uri", "image", "path", "filename", "file", "image_path"}
 _HEADER_COLUMNS = URI_COLUMNS | {"label", "class", "split"}
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -70,30 +67,21 @@ def list_inputs(path: str) -> Inputs:
 
 
 def _list_folder(root: str) -> Inputs:
-    import tensorflow as tf
-
     images, rejections, labels = [], [], set()
-    for directory, _, files in tf.io.gfile.walk(root):
-        relative = posixpath.relpath(directory.rstrip("/"), root.rstrip("/"))
-        for name in sorted(files):
-            uri = posixpath.join(directory, name)
-            if relative == ".":
-                rejections.append(Rejection(uri, Reason.MISSING_LABEL, "file is not inside a class folder"))
-                continue
-            label = relative.split("/")[0]
-            labels.add(label)
-            images.append(InputImage(uri, label))
-    images.sort(key=lambda image: image.uri)
+    for uri in list_files(root):
+        relative = posixpath.relpath(posixpath.dirname(uri), root.rstrip("/"))
+        if relative == ".":
+            rejections.append(Rejection(uri, Reason.MISSING_LABEL, "file is not inside a class folder"))
+            continue
+        label = relative.split("/")[0]
+        labels.add(label)
+        images.append(InputImage(uri, label))
     return Inputs(images, rejections, sorted(labels))
 
 
 def _read_csv(path: str) -> Inputs:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
     base = posixpath.dirname(path)
-    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1) if any(c.strip() for c in row)]
+    rows = read_csv_rows(path)
     if not rows:
         raise ValueError(f"CSV {path} has no rows; expected uri,label or split,uri,label")
     layout, rows = _csv_layout(path, rows)
@@ -107,12 +95,10 @@ def _read_csv(path: str) -> Inputs:
             ))
             continue
         fields = dict(zip(layout, (c.strip() for c in row)))
-        uri = fields["uri"]
-        if not uri:
+        if not fields["uri"]:
             rejections.append(Rejection(where, Reason.MALFORMED_ROW, "empty uri field"))
             continue
-        if not _SCHEME.match(uri) and not posixpath.isabs(uri):
-            uri = posixpath.join(base, uri)
+        uri = resolve_uri(fields["uri"], base)
         split = None
         if "split" in fields:
             split = SPLIT_ALIASES.get(fields["split"].lower())
