@@ -16,8 +16,10 @@ import posixpath
 import sys
 
 from components.cli import PARENT_RUN_ENV, add_config_arguments, config_from_args, configure_logging
+from components.artifacts import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
 from components.config import Config
-from components.manifest import read_json, read_manifest
+from components.files import read_json
+from components.manifest import read_manifest
 
 logger = logging.getLogger("components.register")
 
@@ -25,7 +27,6 @@ logger = logging.getLogger("components.register")
 def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: str | None = None):
     """Registers the exported `model` that `evaluation` evaluated; returns its tracking.ModelVersionInfo."""
     from components import tracking
-    from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
 
     model = saved_model_dir(model)
     read_manifest(evaluation, "evaluate")

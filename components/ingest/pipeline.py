@@ -33,6 +33,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from components import records
 from components.config import IngestConfig
 from components.ingest.images import CheckedImage, check_image, stored_bytes
+from components.artifacts import REJECTS_FILE
 from components.ingest.lookahead import Lookahead, thread_count
 from components.ingest.rejections import ImageRejected, Reason, Rejection
 from components.ingest.sources import InputImage
@@ -41,7 +42,6 @@ from components.ingest.splits import assign_split, shard_index
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
-REJECTS_FILE = "rejects.jsonl"
 INPUTS_FILE = "_inputs.jsonl"
 SHARDS_SUMMARY_FILE = "_shards.json"
 # Protobuf and TFRecord framing per record, for sizing shards before they are written.
