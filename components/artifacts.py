@@ -136,9 +136,15 @@ def version_directories(base: str) -> dict[int, str]:
     """The version directories under a model's base path: version -> path (empty when there is none).
 
     Files with a version's name are ignored; of two directories naming one version (`1` and `01`) the
-    first in name order counts, as TF Serving's file system source does."""
+    first in name order counts, as TF Serving's file system source does. A base path that cannot be
+    listed has no version."""
+    try:
+        names = list_directory(base)
+    except Exception as e:  # OSError, tf.errors.OpError (a URI)
+        logger.warning("Cannot list the versions under %s: %s", base, e)
+        return {}
     versions: dict[int, str] = {}
-    for name in sorted(list_directory(base)):
+    for name in sorted(names):
         version, path = version_number(name), posixpath.join(base, name)
         if version is None or not is_directory(path):
             continue

@@ -10,8 +10,8 @@ import posixpath
 
 import tensorflow as tf
 
-from components.manifest import read_manifest
 from components.artifacts import LABELS_FILE
+from components.manifest import read_manifest
 from components.records import COMPRESSION, FEATURE_TYPES, SHARD_SUFFIX, SPLITS
 
 FEATURES = {

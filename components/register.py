@@ -15,8 +15,8 @@ import os
 import posixpath
 import sys
 
-from components.cli import PARENT_RUN_ENV, add_config_arguments, config_from_args, configure_logging
 from components.artifacts import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
+from components.cli import PARENT_RUN_ENV, add_config_arguments, config_from_args, configure_logging
 from components.config import Config
 from components.files import read_json
 from components.manifest import read_manifest

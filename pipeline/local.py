@@ -124,8 +124,8 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     """What the newest pipeline run on `arguments["data_source"]` since `since_ms` produced, from MLflow's
     records of it and the serving model base path."""
     from components import tracking
-    from components.deploy import model_config
     from components.artifacts import BLESSING_FILE, SUMMARY_FILE
+    from components.deploy import model_config
     from components.files import read_json
     from pipeline.parameters import CONFIG_KEYS, resolve_config
 

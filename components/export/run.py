@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from components.artifacts import (DATASET_FINGERPRINT, EXPORT_FILE, IMAGE_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE,
-                                  LABEL, MANIFEST_FILE, MODEL_DIR, OUTPUT_KEYS, PROBABILITIES, SERVING_SIGNATURE,
-                                  TFLITE_DIR, TRAIN_FINGERPRINT, TRANSFORM_FINGERPRINT, TransformStats, fingerprint,
-                                  next_version, tflite_file)
+from components.artifacts import (DATASET_FINGERPRINT, EXPORT_FILE, IMAGE_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE, LABEL,
+                                  MANIFEST_FILE, MODEL_DIR, OUTPUT_KEYS, PROBABILITIES, SERVING_SIGNATURE, TFLITE_DIR,
+                                  TRAIN_FINGERPRINT, TRANSFORM_FINGERPRINT, TransformStats, fingerprint, next_version,
+                                  tflite_file)
 from components.config import Config
 from components.dataset import read_labels, read_split, split_files
 from components.export import tflite

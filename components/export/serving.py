@@ -30,9 +30,9 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 import components.train.models  # noqa: F401  (registers the custom layers the trained model uses)
-from components.artifacts import (CLASS_ID, FILENAMES_INPUT, FILENAMES_SIGNATURE, FLOAT_IMAGES_SIGNATURE,
-                                  IMAGE_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE, KEY_INPUT, KEYED_SIGNATURE,
-                                  LABEL, LABELS_FILE, PROBABILITIES, SCORE, SERVING_SIGNATURE)
+from components.artifacts import (CLASS_ID, FILENAMES_INPUT, FILENAMES_SIGNATURE, FLOAT_IMAGES_SIGNATURE, IMAGE_INPUT,
+                                  IMAGES_INPUT, IMAGES_SIGNATURE, KEY_INPUT, KEYED_SIGNATURE, LABEL, LABELS_FILE,
+                                  PROBABILITIES, SCORE, SERVING_SIGNATURE)
 from components.image_header import check_finite, check_image_bytes, check_pixel_size
 from components.normalisation import PIXEL_MAX
 from components.transform.preprocessing import IMAGE_KEY

@@ -31,9 +31,9 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from components import records
+from components.artifacts import REJECTS_FILE
 from components.config import IngestConfig
 from components.ingest.images import CheckedImage, check_image, stored_bytes
-from components.artifacts import REJECTS_FILE
 from components.ingest.lookahead import Lookahead, thread_count
 from components.ingest.rejections import ImageRejected, Reason, Rejection
 from components.ingest.sources import InputImage

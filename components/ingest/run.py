@@ -30,10 +30,10 @@ import tensorflow as tf
 from components import records
 from components.artifacts import LABELS_FILE, REJECTS_FILE, STATS_FILE, IngestStats, SplitCounts
 from components.config import Config
+from components.files import read_json
 from components.ingest.pipeline import INPUTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.ingest.rejections import Reason, Rejection
 from components.ingest.sources import list_inputs
-from components.files import read_json
 from components.manifest import Manifest, Origin, write_manifest
 from components.staging import staged_output
 
