@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from components.artifacts import (IMAGE_INPUT, MANIFEST_FILE, MODEL_LABELS_FILE, PROBABILITIES, SERVING_SIGNATURE,
+                                  saved_model_dir, version_directories)
 from components.config import load_config
 from components.demo_data import CLASSES, generate_demo_dataset
 
@@ -30,13 +32,11 @@ IMAGE_SIZE = 96
 
 def prepare_model(data_dir: Path) -> str:
     """The exported benchmark model (trained and exported once, then reused); its version directory."""
-    from components.evaluate.run import saved_model_dir
     from components.export.run import run_export
-    from components.manifest import MANIFEST_FILE
     from components.train.run import run_training
 
     base = data_dir / "batch_predict" / "models" / MODEL_NAME
-    if base.is_dir() and any((v / MANIFEST_FILE).exists() for v in base.iterdir() if v.name.isdigit()):
+    if any(Path(version, MANIFEST_FILE).exists() for version in version_directories(str(base)).values()):
         return saved_model_dir(str(base))
     transform_dir = data_dir / f"transform-{IMAGE_SIZE}"
     if not (transform_dir / MANIFEST_FILE).exists():
@@ -55,7 +55,7 @@ def baseline_loop(model_dir: str, uris: list[str], batch_size: int = BATCH) -> t
     import tensorflow as tf
 
     started = time.perf_counter()
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
     loaded = time.perf_counter()
     scored = 0
     for start in range(0, len(uris), batch_size):
@@ -63,7 +63,7 @@ def baseline_loop(model_dir: str, uris: list[str], batch_size: int = BATCH) -> t
         for uri in uris[start:start + batch_size]:
             with open(uri, "rb") as f:
                 batch.append(f.read())
-        scored += len(serve(image_bytes=tf.constant(batch))["probabilities"].numpy())
+        scored += len(serve(**{IMAGE_INPUT: tf.constant(batch)})[PROBABILITIES].numpy())
     return loaded - started, time.perf_counter() - loaded, scored
 
 
@@ -130,7 +130,7 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         logger.warning("remote variants skipped: serving.server is not available (%s)", e)
         server = None
     if server is not None:
-        labels = str(Path(model_dir) / "assets" / "labels.txt")
+        labels = str(Path(model_dir, MODEL_LABELS_FILE))
         variants["beam -> endpoint, REST (project server on loopback), x2"] = lambda: _beam(
             server.rest_url, glob, [], labels)
         variants["beam -> endpoint, gRPC (project server on loopback), x2"] = lambda: _beam(

@@ -39,6 +39,7 @@ import tensorflow as tf
 from PIL import Image
 
 from bench.train import PER_CLASS, transformed_demo
+from components.artifacts import IMAGE_INPUT, MANIFEST_FILE, SERVING_SIGNATURE, saved_model_dir, version_directories
 from components.config import load_config
 from components.demo_data import generate_demo_dataset
 from components.export.run import run_export
@@ -46,7 +47,6 @@ from components.image_header import check_image_bytes
 from components.manifest import read_manifest
 from components.train.run import run_training
 from serving.client import GrpcClient, RestClient
-from serving.policy import list_versions
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ BATCHING = (f"max_batch_size {{ value: {BATCH} }} batch_timeout_micros {{ value:
 def _served_model(data_dir: Path) -> Path:
     """The export stage's SavedModel of a 224x224 small_cnn (built once, then reused); its base path."""
     base = data_dir / "serving" / "models" / MODEL
-    if list_versions(str(base)):
+    if version_directories(str(base)):
         return base
     transform_dir = data_dir / f"transform-{IMAGE_SIZE}"
-    if not (transform_dir / "manifest.json").exists():
+    if not (transform_dir / MANIFEST_FILE).exists():
         transform_dir = Path(transformed_demo(data_dir, IMAGE_SIZE)[0])
     config = load_config(overrides=["train.epochs=1", "train.tensorboard_images=0", "export.tflite=[]"])
     train = run_training(str(transform_dir), str(data_dir / "serving" / "train"), config, overwrite=True)
@@ -150,7 +150,7 @@ def _rest_call(url: str, body: bytes) -> Callable[[], None]:
 
 def _grpc_call(target: str, jpeg: bytes) -> Callable[[], None]:
     client = GrpcClient(target)
-    request = client.predict_request(MODEL, {"image_bytes": np.array([jpeg], dtype=object)})
+    request = client.predict_request(MODEL, {IMAGE_INPUT: np.array([jpeg], dtype=object)})
     return lambda: client.prediction.Predict(request, 30)
 
 
@@ -192,10 +192,10 @@ def _free_port() -> int:
 
 def _in_process(base: Path, jpeg: bytes, repeats: int) -> tuple[list[Measured], list[float]]:
     """Baselines: single-image calls (latency) and images/s at batch 16, per repeat."""
-    serve = tf.saved_model.load(str(base / str(max(list_versions(str(base)))))).signatures["serving_default"]
+    serve = tf.saved_model.load(saved_model_dir(str(base))).signatures[SERVING_SIGNATURE]
 
     def call(images: list[bytes]) -> Callable[[], None]:
-        return lambda: {k: v.numpy() for k, v in serve(image_bytes=tf.constant(images)).items()}
+        return lambda: {k: v.numpy() for k, v in serve(**{IMAGE_INPUT: tf.constant(images)}).items()}
 
     singles = [_drive([call([jpeg])], SECONDS) for _ in range(repeats)]
     batches = [_drive([call([jpeg] * BATCH)], SECONDS).rate * BATCH for _ in range(repeats)]

@@ -8,7 +8,6 @@ same batches held in memory (target >= 0.9).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from components.artifacts import TransformStats
 from components.config import load_config
 from components.demo_data import generate_demo_dataset
 from components.ingest.run import run_ingest
@@ -67,7 +67,7 @@ def transformed_demo(data_dir: Path, image_size: int) -> tuple[str, float]:
     config = load_config(overrides=[f"transform.image_size={image_size}"])
     ingest = run_ingest(str(images), str(data_dir / "ingest"), config, overwrite=True)
     result = run_transform(ingest.output, str(data_dir / f"transform-{image_size}"), config, overwrite=True)
-    return result.output, result.stats["images_per_second"]
+    return result.output, result.stats.images_per_second
 
 
 def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
@@ -78,11 +78,11 @@ def run(data_dir: Path, images: int, repeats: int) -> list[dict]:
         rows.append({"benchmark": "transform", "variant": f"tf.transform Beam job, {image_size}x{image_size}",
                      "images": PER_CLASS * 5, "images_per_s": round(transform_rate, 1)})
         config = load_config(overrides=[f"train.model={model_name}", f"train.batch_size={BATCH}"])
-        stats = json.loads(Path(transform_dir, "stats.json").read_text())
-        built = build_model(config.train, 5, image_size, stats["channel_mean"], stats["channel_std"])
+        stats = TransformStats.read(transform_dir)
+        built = build_model(config.train, 5, image_size, stats.channel_mean, stats.channel_std)
         compile_model(built.model, 0.001, config.train, 1000)
         data = make_dataset(transform_dir, "train", BATCH, training=True)
-        steps = -(-stats["images"]["train"] // BATCH)  # one pass over the training split per epoch
+        steps = -(-stats.images["train"] // BATCH)  # one pass over the training split per epoch
         train_rate = _training_rate(built.model, data, steps, repeats)
         input_rate = _iteration_rate(data, steps, repeats)
         uncached_rate = _iteration_rate(
