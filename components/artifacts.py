@@ -200,14 +200,14 @@ class _Stats:
             raise FileNotFoundError(f"{directory} has no {STATS_FILE}")
         data = read_json(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a {cls.__name__} file: it holds a JSON {type(data).__name__}")
+            raise ValueError(f"{path} does not hold {cls.__name__}: it holds a JSON {type(data).__name__}")
         missing = [f.name for f in fields(cls) if f.name not in data]  # type: ignore[arg-type]
         if missing:
-            raise ValueError(f"{path} is not a {cls.__name__} file: it lacks {', '.join(missing)}")
+            raise ValueError(f"{path} does not hold {cls.__name__}: it lacks {', '.join(missing)}")
         try:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{path} is not a {cls.__name__} file: {e}") from None
+            raise ValueError(f"{path} does not hold {cls.__name__}: {e}") from None
 
     def write(self, directory: str) -> None:
         write_json(posixpath.join(directory, STATS_FILE), self.to_dict())
