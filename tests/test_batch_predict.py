@@ -34,7 +34,8 @@ from components.batch_predict.remote import Endpoint, EndpointError, GrpcClient,
 from components.batch_predict.results import Failure, Prediction
 from components.batch_predict.run import run_batch_predict
 from components.config import ConfigError, load_config
-from components.manifest import read_json, read_manifest
+from components.files import read_json
+from components.manifest import read_manifest
 from conftest import make_config
 from image_files import pattern
 
