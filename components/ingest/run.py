@@ -39,6 +39,7 @@ from components.staging import staged_output
 
 logger = logging.getLogger(__name__)
 
+
 class IngestError(RuntimeError):
     """The run cannot produce a usable dataset; the message says why and what to do."""
 

@@ -41,6 +41,7 @@ from components.train.models import build_model, unfreeze_top
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TrainResult:
     output: str
