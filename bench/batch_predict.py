@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.fixtures import ModelSpec, demo_images, exported_model, image_files
 from bench.settings import BenchSettings
+from components.artifacts import IMAGE_INPUT, MODEL_LABELS_FILE, PROBABILITIES, SERVING_SIGNATURE
 from components.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def baseline_loop(model_dir: str, uris: list[str], batch_size: int = BATCH) -> t
     import tensorflow as tf
 
     started = time.perf_counter()
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
     loaded = time.perf_counter()
     scored = 0
     for start in range(0, len(uris), batch_size):
@@ -44,7 +45,7 @@ def baseline_loop(model_dir: str, uris: list[str], batch_size: int = BATCH) -> t
         for uri in uris[start:start + batch_size]:
             with open(uri, "rb") as f:
                 batch.append(f.read())
-        scored += len(serve(image_bytes=tf.constant(batch))["probabilities"].numpy())
+        scored += len(serve(**{IMAGE_INPUT: tf.constant(batch)})[PROBABILITIES].numpy())
     return loaded - started, time.perf_counter() - loaded, scored
 
 
@@ -109,7 +110,7 @@ def run(settings: BenchSettings) -> list[dict]:
         logger.warning("remote variants skipped: serving.server is not available (%s)", e)
         server = None
     if server is not None:
-        labels = str(Path(model_dir) / "assets" / "labels.txt")
+        labels = str(Path(model_dir, MODEL_LABELS_FILE))
         variants["beam -> endpoint, REST (project server on loopback), x2"] = lambda: _beam(
             server.rest_url, glob, [], labels)
         variants["beam -> endpoint, gRPC (project server on loopback), x2"] = lambda: _beam(

@@ -9,19 +9,18 @@ nothing that is reused half-built. What no benchmark times runs its Beam jobs in
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.artifacts import MANIFEST_FILE, TransformStats, version_directories
 from components.config import load_config
 from components.demo_data import CLASSES, generate_demo_dataset
 from components.export.run import run_export
 from components.ingest.run import run_ingest
-from components.manifest import MANIFEST_FILE
 from components.train.run import run_training
-from components.transform.run import STATS_FILE, run_transform
+from components.transform.run import run_transform
 
 SEED = 0
 UNTIMED = ("beam.direct_running_mode=in_memory", "beam.direct_num_workers=1")
@@ -66,10 +65,10 @@ def ingested(data_dir: Path, images: int) -> str:
 
 @dataclass(frozen=True)
 class Transformed:
-    """A transform output of the demo data and its stats.json."""
+    """A transform output of the demo data and its statistics."""
 
     output: str
-    stats: dict
+    stats: TransformStats
 
 
 def transformed(data_dir: Path, images: int, image_size: int, *, timed: bool = False) -> Transformed:
@@ -79,7 +78,7 @@ def transformed(data_dir: Path, images: int, image_size: int, *, timed: bool = F
     if timed or not _finished(output):
         overrides = [f"transform.image_size={image_size}", *([] if timed else UNTIMED)]
         run_transform(ingested(data_dir, images), str(output), load_config(overrides=overrides), overwrite=True)
-    return Transformed(str(output), json.loads((output / STATS_FILE).read_text()))
+    return Transformed(str(output), TransformStats.read(str(output)))
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,9 @@ def exported_model(data_dir: Path, spec: ModelSpec, images: int) -> ExportedMode
     """`spec` trained on `demo_images(data_dir, images)` and exported (built once, then reused)."""
     root = data_dir / "models" / f"{spec.model}-{spec.image_size}px-{spec.epochs}epochs-{demo_per_class(images)}"
     base = root / spec.name
-    finished = [v for v in base.iterdir() if v.name.isdigit() and _finished(v)] if base.is_dir() else []
+    finished = {number: Path(v) for number, v in version_directories(str(base)).items() if _finished(Path(v))}
     if finished:
-        return ExportedModel(base, max(finished, key=lambda v: int(v.name)))
+        return ExportedModel(base, finished[max(finished)])
     transform = transformed(data_dir, images, spec.image_size)
     config = load_config(overrides=[f"train.model={spec.model}", f"train.epochs={spec.epochs}",
                                     "train.tensorboard_images=0", "export.tflite=[]", "export.warmup_requests=1"])

@@ -42,6 +42,7 @@ from PIL import Image
 
 from bench.fixtures import ExportedModel, ModelSpec, demo_images, exported_model, image_files
 from bench.settings import BENCH_DIR, BenchSettings
+from components.artifacts import IMAGE_INPUT, SERVING_SIGNATURE
 from components.image_header import check_image_bytes
 from components.manifest import read_manifest
 from serving.client import GrpcClient, RestClient
@@ -132,7 +133,7 @@ def _rest_call(url: str, body: bytes) -> Callable[[], None]:
 
 def _grpc_call(target: str, jpeg: bytes) -> Callable[[], None]:
     client = GrpcClient(target)
-    request = client.predict_request(MODEL, {"image_bytes": np.array([jpeg], dtype=object)})
+    request = client.predict_request(MODEL, {IMAGE_INPUT: np.array([jpeg], dtype=object)})
     return lambda: client.prediction.Predict(request, 30)
 
 
@@ -174,10 +175,10 @@ def _free_port() -> int:
 
 def _in_process(model: ExportedModel, jpeg: bytes, settings: BenchSettings) -> tuple[list[Measured], list[float]]:
     """Baselines: single-image calls (latency) and images/s at batch 16, per repeat."""
-    serve = tf.saved_model.load(str(model.version_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(model.version_dir)).signatures[SERVING_SIGNATURE]
 
     def call(images: list[bytes]) -> Callable[[], None]:
-        return lambda: {k: v.numpy() for k, v in serve(image_bytes=tf.constant(images)).items()}
+        return lambda: {k: v.numpy() for k, v in serve(**{IMAGE_INPUT: tf.constant(images)}).items()}
 
     singles = [_drive([call([jpeg])], settings.seconds) for _ in range(settings.repeats)]
     batches = [_drive([call([jpeg] * BATCH)], settings.seconds).rate * BATCH for _ in range(settings.repeats)]

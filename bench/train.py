@@ -65,13 +65,13 @@ def run(settings: BenchSettings) -> list[dict]:
         transform = transformed(settings.data_dir, settings.train_images, image_size, timed=True)
         transform_dir, stats = transform.output, transform.stats
         rows.append({"benchmark": "transform", "variant": f"tf.transform Beam job, {image_size}x{image_size}",
-                     "images": sum(stats["images"].values()),
-                     "images_per_s": round(stats["images_per_second"], 1)})
+                     "images": sum(stats.images.values()),
+                     "images_per_s": round(stats.images_per_second, 1)})
         config = load_config(overrides=[f"train.model={model_name}", f"train.batch_size={BATCH}"])
-        built = build_model(config.train, len(CLASSES), image_size, stats["channel_mean"], stats["channel_std"])
+        built = build_model(config.train, len(CLASSES), image_size, stats.channel_mean, stats.channel_std)
         compile_model(built.model, 0.001, config.train, 1000)
         data = make_dataset(transform_dir, "train", BATCH, training=True)
-        steps = -(-stats["images"]["train"] // BATCH)  # one pass over the training split per epoch
+        steps = -(-stats.images["train"] // BATCH)  # one pass over the training split per epoch
         train_rate = _training_rate(built.model, data, steps, repeats)
         input_rate = _iteration_rate(data, steps, repeats)
         uncached_rate = _iteration_rate(

@@ -10,8 +10,9 @@ import posixpath
 
 import tensorflow as tf
 
+from components.artifacts import LABELS_FILE
 from components.manifest import read_manifest
-from components.records import COMPRESSION, FEATURE_TYPES, LABELS_FILE, SHARD_SUFFIX, SPLITS
+from components.records import COMPRESSION, FEATURE_TYPES, SHARD_SUFFIX, SPLITS
 
 FEATURES = {
     key: tf.io.FixedLenFeature([], tf.int64 if kind == "int64" else tf.string) for key, kind in FEATURE_TYPES.items()

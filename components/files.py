@@ -10,6 +10,8 @@ State files that a stage replaces again and again (deploy's `deployments.json`, 
 `read_state_file` reports a damaged state file (truncated, not parseable) with its name, what is
 wrong and the way out (restoring the backup).
 
+`read_json` and `write_json` read and write the JSON files stages and state files hold.
+
 Local paths need no TensorFlow: it is imported only for URIs.
 """
 
@@ -18,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import json
 import logging
 import os
 import posixpath
 import shlex
 import time
 import uuid
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +49,23 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def _exists(path: str) -> bool:
+def exists(path: str) -> bool:
     """Whether the file or directory `path` exists (any tf.io.gfile path)."""
     return os.path.exists(path) if _is_local(path) else _gfile().exists(path)
+
+
+def is_directory(path: str) -> bool:
+    """Whether `path` is a directory (any tf.io.gfile path)."""
+    return os.path.isdir(path) if _is_local(path) else _gfile().isdir(path)
+
+
+def list_directory(path: str) -> list[str]:
+    """The names in the directory `path` (any tf.io.gfile path), without trailing slashes; [] when
+    `path` is not a directory."""
+    if not is_directory(path):
+        return []
+    names = os.listdir(path) if _is_local(path) else _gfile().listdir(path)
+    return [name.rstrip("/") for name in names]
 
 
 def read_bytes(path: str) -> bytes:
@@ -68,9 +85,30 @@ def write_file(path: str, content: str | bytes, *, backup: bool = False) -> None
     """
     if backup:
         _remove_stale_temporaries(path)
-        if _exists(path):
+        if exists(path):
             _replace(path + BACKUP_SUFFIX, read_bytes(path))
     _replace(path, content.encode() if isinstance(content, str) else content)
+
+
+def read_json(path: str) -> Any:
+    """A JSON file at any tf.io.gfile path; a clear ValueError when it is not valid JSON."""
+    try:
+        return parse_json(read_bytes(path).decode("utf-8", errors="replace"))
+    except ValueError as e:
+        raise ValueError(f"{path} is {e}") from None
+
+
+def parse_json(text: str) -> Any:
+    """JSON `text` parsed; a ValueError saying what is wrong and where otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; {excerpt(text, e.pos)})") from None
+
+
+def write_json(path: str, data: Any, *, backup: bool = False) -> None:
+    """Writes `data` as JSON to `path` atomically (`write_file`; `backup` keeps the replaced content)."""
+    write_file(path, json.dumps(data, indent=2, sort_keys=True), backup=backup)
 
 
 def remove(path: str) -> None:
@@ -87,7 +125,7 @@ def read_state_file(path: str, parse: Callable[[str], T]) -> T | None:
     `parse` raises ValueError saying in a few words what is wrong; a damaged file then raises
     DamagedFileError naming the file, its backup and how to restore it.
     """
-    if not _exists(path):
+    if not exists(path):
         return None
     try:
         return parse(_text(path))
@@ -140,7 +178,7 @@ def _replace(path: str, data: bytes) -> None:
             _gfile().rename(temporary, path, overwrite=True)
     except BaseException:
         with contextlib.suppress(Exception):  # the write's own error is the one to report
-            if _exists(temporary):
+            if exists(temporary):
                 remove(temporary)
         raise
 
@@ -161,10 +199,7 @@ def _remove_stale_temporaries(path: str) -> None:
     """Removes `<path>.tmp-*` and `<path>.bak.tmp-*` files older than STALE_TEMPORARY_SECONDS."""
     directory, name = posixpath.split(path)
     directory = directory or "."
-    if _is_local(path):
-        entries = os.listdir(directory) if os.path.isdir(directory) else []
-    else:
-        entries = [e.rstrip("/") for e in _gfile().listdir(directory)] if _gfile().isdir(directory) else []
+    entries = list_directory(directory)
     prefixes = (name + TEMPORARY_MARKER, name + BACKUP_SUFFIX + TEMPORARY_MARKER)
     for entry in entries:
         if not entry.startswith(prefixes):
@@ -192,7 +227,7 @@ def _modified(path: str) -> float | None:
 def _damage_report(path: str, what: str, parse: Callable[[str], object]) -> str:
     backup = path + BACKUP_SUFFIX
     report = f"{path} is damaged: {what}. "
-    if not _exists(backup):
+    if not exists(backup):
         return report + (f"It has no backup ({backup}): repair it by hand, or move it aside to start it afresh: "
                          f"{_move_command(path, path + '.damaged')}")
     try:

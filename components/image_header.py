@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from components import image_limits as texts
+from components.artifacts import IMAGE_INPUT
 
 # Formats, in the order TensorFlow's decoder tells them apart by their first bytes.
 UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = range(6)
@@ -154,7 +155,7 @@ def declared_sizes(image_bytes: tf.Tensor) -> Declared:
     return Declared(fmt, width, height, tf.where(gif, gif_pixels, width * height), status)
 
 
-def check_image_bytes(image_bytes: tf.Tensor, max_pixels: int, *, input_name: str = "image_bytes",
+def check_image_bytes(image_bytes: tf.Tensor, max_pixels: int, *, input_name: str = IMAGE_INPUT,
                       source: str = texts.LIMIT_SOURCE) -> tf.Tensor:
     """`image_bytes` [N], once every image is known to be a JPEG, PNG, GIF, BMP or WebP whose header
     parses and declares at most `max_pixels` pixels; else an InvalidArgumentError naming the first

@@ -15,11 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
+from components.artifacts import DATASET_FINGERPRINT, MANIFEST_FILE
+from components.files import exists, read_json, write_json
 
-from components.files import excerpt, read_bytes, write_file
-
-MANIFEST_FILE = "manifest.json"
 # The image sets it at build time: a container has no git checkout.
 CODE_VERSION_ENV = "CVPIPE_CODE_VERSION"
 
@@ -34,6 +32,11 @@ class Manifest:
     outputs: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
     code_version: str = field(default_factory=lambda: code_version())
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """The fingerprint of the ingest output this output derives from ("" when none does)."""
+        return self.fingerprint if self.stage == "ingest" else self.inputs.get(DATASET_FINGERPRINT, "")
 
 
 @dataclass(frozen=True)
@@ -71,32 +74,11 @@ def write_manifest(directory: str, manifest: Manifest) -> None:
     write_json(posixpath.join(directory, MANIFEST_FILE), asdict(manifest))
 
 
-def read_json(path: str) -> Any:
-    """A JSON file at any tf.io.gfile path; a clear ValueError when it is not valid JSON."""
-    try:
-        return parse_json(read_bytes(path).decode("utf-8", errors="replace"))
-    except ValueError as e:
-        raise ValueError(f"{path} is {e}") from None
-
-
-def parse_json(text: str) -> Any:
-    """JSON `text` parsed; a ValueError saying what is wrong and where otherwise."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; {excerpt(text, e.pos)})") from None
-
-
-def write_json(path: str, data: Any, *, backup: bool = False) -> None:
-    """Writes `data` as JSON to `path` atomically (`files.write_file`; `backup` keeps the replaced content)."""
-    write_file(path, json.dumps(data, indent=2, sort_keys=True), backup=backup)
-
-
 def read_manifest(directory: str, *stages: str) -> Manifest:
     """Reads the manifest of a finished output of one of `stages`; a clear error otherwise."""
     path = posixpath.join(directory, MANIFEST_FILE)
     expected = " or ".join(stages)
-    if not tf.io.gfile.exists(path):
+    if not exists(path):
         raise FileNotFoundError(
             f"{directory} has no {MANIFEST_FILE}: it is not a finished {expected} output "
             f"(run `python -m components.{stages[0]}` to create it)"

@@ -29,7 +29,6 @@ from typing import BinaryIO, Iterator, Sequence
 import google_crc32c
 
 SPLITS = ("train", "valid", "test")
-LABELS_FILE = "labels.txt"
 SHARD_SUFFIX = ".tfrecord.gz"
 COMPRESSION = "GZIP"
 

@@ -15,15 +15,16 @@ import os
 import posixpath
 import sys
 
+from components.artifacts import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
 from components.config import Config
-from components.manifest import read_json, read_manifest
+from components.files import read_json
+from components.manifest import read_manifest
 
 logger = logging.getLogger("components.register")
 
 
 def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: str | None = None):
     """Registers the exported `model` that `evaluation` evaluated; returns its registry.ModelVersionInfo."""
-    from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
     from components.tracking.registry import register_model
     from components.tracking.runs import finish_run, start_run
 

@@ -31,8 +31,8 @@ from typing import Any, Iterator
 
 import tensorflow as tf
 
-from components.files import remove, write_file
-from components.manifest import Origin, parse_json
+from components.files import parse_json, remove, write_file
+from components.manifest import Origin
 
 logger = logging.getLogger(__name__)
 

@@ -102,8 +102,8 @@ def ingest(data_source: str, data_fingerprint: str, code_fingerprint: str, confi
     stats = result.stats
     records.metadata.update({"source": data_source, "source_fingerprint": data_fingerprint,
                              "code_fingerprint": code_fingerprint, "fingerprint": result.fingerprint,
-                             **{name: stats[name] for name in ("inputs", "accepted", "rejected")},
-                             **{f"{split}_images": counts["images"] for split, counts in stats["splits"].items()}})
+                             "inputs": stats.inputs, "accepted": stats.accepted, "rejected": stats.rejected,
+                             **{f"{split}_images": images for split, images in stats.split_images().items()}})
 
 
 @component

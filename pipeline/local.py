@@ -123,8 +123,9 @@ def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: st
 def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: str, since_ms: int) -> RunSummary:
     """What the newest pipeline run on `arguments["data_source"]` since `since_ms` produced, from MLflow's
     records of it and the serving model base path."""
+    from components.artifacts import BLESSING_FILE, SUMMARY_FILE
     from components.deploy import model_config
-    from components.manifest import read_json
+    from components.files import read_json
     from components.tracking.client import tracking_uri
     from components.tracking.registry import registered_versions
     from components.tracking.runs import child_runs, pipeline_runs
@@ -158,8 +159,8 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
             register_run = child.info.run_id
         elif stage and "cvpipe.output" in child.data.tags:
             outputs[stage] = child.data.tags["cvpipe.output"]
-    blessing = read_json(f"{outputs['evaluate']}/blessing.json") if "evaluate" in outputs else None
-    batch = read_json(f"{outputs['batch_predict']}/summary.json") if "batch_predict" in outputs else None
+    blessing = read_json(f"{outputs['evaluate']}/{BLESSING_FILE}") if "evaluate" in outputs else None
+    batch = read_json(f"{outputs['batch_predict']}/{SUMMARY_FILE}") if "batch_predict" in outputs else None
     versions = registered_versions(config, register_run) if register_run else []
     order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
     outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))

@@ -32,6 +32,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from components.artifacts import IMAGE_INPUT
+
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
@@ -176,9 +178,6 @@ def wait_until_available(url: str, model: str, timeout: float) -> None:
             client.close()
         time.sleep(0.5)
     raise TimeoutError(f"{model} at {url} was not AVAILABLE within {timeout:.0f} s ({last})")
-
-
-IMAGE_INPUT = "image_bytes"
 
 
 def _refused_instance(message: str) -> int | None:

@@ -22,11 +22,11 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb2, model_pb2, predict_pb2,
                                      regression_pb2)
 
+from components.artifacts import SERVING_SIGNATURE
 from serving.errors import failed_precondition, invalid_argument, unimplemented
 from serving.servable import Servable, Signature
 from serving.tensors import check_tensor_proto, datatype_of, dtype_name, to_ndarray
 
-DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -36,7 +36,7 @@ _LISTED = 10  # names an error message lists before "and N more"
 
 def signature_key(name: str) -> str:
     """The signature a request means: its name, or `serving_default` when empty."""
-    return name or DEFAULT_SIGNATURE
+    return name or SERVING_SIGNATURE
 
 
 def model_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSpec:

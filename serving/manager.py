@@ -26,6 +26,7 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from components.artifacts import version_directories
 from serving import policy
 from serving.errors import ServingError, as_serving_error, failed_precondition, invalid_argument, not_found
 from serving.servable import Servable
@@ -154,7 +155,7 @@ class ModelManager:
         with self._lock:
             model = self._models[name]
             config, configured = model.config, model.configured
-        present = policy.list_versions(config.base_path) if configured else {}
+        present = version_directories(config.base_path) if configured else {}
         aspired = policy.aspired_versions(config.model_version_policy, present) if configured else set()
         if configured and not present:
             logger.warning("No versions of servable %s found under base path %s", name, config.base_path)

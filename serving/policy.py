@@ -1,45 +1,23 @@
-"""Version directories under a model's base path and the version policy choosing which to serve.
+"""The version policy choosing which of a model's versions to serve, and what identifies a version's content.
 
-As TF Serving's file system source: integer directory names only (`00000123` is 123; `3.tmp-abc`
-and files are ignored); `latest {num_versions: N}` (default 1), `all {}`, `specific {versions: ...}`.
+As TF Serving's file system source: the versions are the integer directories under the base path
+(components.artifacts.version_directories); `latest {num_versions: N}` (default 1), `all {}`,
+`specific {versions: ...}`.
 """
 
 from __future__ import annotations
 
-import logging
 import posixpath
-import re
 from typing import Iterable
 
 import tensorflow as tf
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 
-logger = logging.getLogger(__name__)
+from components.artifacts import SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE, VARIABLES_INDEX_FILE, WARMUP_FILE
 
 VersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
-_VERSION = re.compile(r"\d{1,18}")
 # The files whose change means a version directory holds something new (see `fingerprint`).
-_WATCHED = ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index", "assets.extra/tf_serving_warmup_requests")
-
-
-def list_versions(base_path: str) -> dict[int, str]:
-    """The version directories under `base_path`: version number -> path (empty if there is none)."""
-    try:
-        names = tf.io.gfile.listdir(base_path)
-    except tf.errors.OpError:
-        return {}
-    versions: dict[int, str] = {}
-    for name in sorted(n.rstrip("/") for n in names):
-        path = posixpath.join(base_path, name)
-        if not _VERSION.fullmatch(name) or not tf.io.gfile.isdir(path):
-            continue
-        version = int(name)
-        if version in versions:
-            logger.warning("Version %d of %s appears twice (%s and %s): serving %s", version, base_path,
-                           versions[version], path, versions[version])
-            continue
-        versions[version] = path
-    return versions
+_WATCHED = (SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE, VARIABLES_INDEX_FILE, WARMUP_FILE)
 
 
 def aspired_versions(policy: VersionPolicy, present: Iterable[int]) -> set[int]:

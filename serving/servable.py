@@ -23,6 +23,7 @@ from google.protobuf import message, text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from components.artifacts import SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE
 from serving.errors import ServingError, as_serving_error, not_found
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Servable:
 
 def read_meta_graph(path: str, tags: Sequence[str]) -> meta_graph_pb2.MetaGraphDef:
     """The MetaGraphDef of the SavedModel at `path` whose tag set is `tags`."""
-    binary, text = posixpath.join(path, "saved_model.pb"), posixpath.join(path, "saved_model.pbtxt")
+    binary, text = posixpath.join(path, SAVED_MODEL_FILE), posixpath.join(path, SAVED_MODEL_TEXT_FILE)
     saved_model = saved_model_pb2.SavedModel()
     if tf.io.gfile.exists(binary):
         try:

@@ -14,13 +14,13 @@ import time
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from components.artifacts import WARMUP_FILE
 from serving import inference
 from serving.errors import invalid_argument, unimplemented
 from serving.servable import Servable
 
 logger = logging.getLogger(__name__)
 
-WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000  # TF Serving's limit
 
 

@@ -33,7 +33,8 @@ from components.batch_predict.remote import Endpoint, EndpointError, GrpcScorer,
 from components.batch_predict.results import Failure, Prediction
 from components.batch_predict.run import run_batch_predict
 from components.config import ConfigError, load_config
-from components.manifest import read_json, read_manifest
+from components.files import read_json
+from components.manifest import read_manifest
 from components.tracking.registry import register_model
 from components.tracking.runs import start_run
 from conftest import make_config

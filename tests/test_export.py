@@ -17,7 +17,8 @@ from PIL import Image
 
 from components.dataset import read_labels
 from components.export import tflite
-from components.export.run import ExportError, next_version, run_export
+from components.artifacts import next_version
+from components.export.run import ExportError, run_export
 from components.export.warmup import read_warmup_requests
 from conftest import make_config
 

@@ -161,7 +161,7 @@ def test_csv_layouts_and_row_problems(csv_images, tmp_path, layout):
 
     result = run_ingest(str(csv_path), str(tmp_path / "out"), make_config())
 
-    assert result.stats["inputs"] == len(rows) + len(bad_rows)
+    assert result.stats.inputs == len(rows) + len(bad_rows)
     reasons = sorted(r["reason"] for r in read_rejects(result.output).values())
     second = {"split,uri,label": "malformed_row"}.get(layout, "missing_label")
     assert reasons == sorted(["missing", second, "malformed_row"])
@@ -174,7 +174,7 @@ def test_csv_layouts_and_row_problems(csv_images, tmp_path, layout):
 
 def test_unknown_labels_are_rejected_when_the_vocabulary_is_fixed(csv_images, tmp_path):
     result = run_ingest(str(csv_images / "img"), str(tmp_path / "out"), make_config("ingest.labels=[b]"))
-    assert result.stats["rejects"] == {"unknown_label": 10}
+    assert result.stats.rejects == {"unknown_label": 10}
     assert Path(result.output, "labels.txt").read_text() == "b\n"
 
 
@@ -256,8 +256,8 @@ def test_shards_follow_the_target_size(tmp_path, csv_images):
     names = sorted(p.name for p in Path(result.output).glob("*.tfrecord.gz"))
     train = [n for n in names if n.startswith("train-")]
     assert len(train) > 1 and train == [f"train-{i:05d}-of-{len(train):05d}.tfrecord.gz" for i in range(len(train))]
-    assert result.stats["splits"]["train"]["shards"] == len(train)
-    assert sum(1 for _ in dataset.read_split(result.output, "train", decode=False)) == result.stats["splits"]["train"]["images"]
+    assert result.stats.splits["train"].shards == len(train)
+    assert sum(1 for _ in dataset.read_split(result.output, "train", decode=False)) == result.stats.splits["train"].images
 
 
 # --- failures: clear errors, nothing that looks complete ----------------------------------------------------
@@ -298,7 +298,7 @@ def test_existing_output_needs_overwrite(csv_images, tmp_path):
 
 def test_an_output_path_with_glob_characters_works(csv_images, tmp_path):
     result = run_ingest(str(csv_images / "img"), str(tmp_path / "out[1]*"), make_config())
-    assert result.stats["accepted"] > 0 and Path(result.output, "manifest.json").exists()
+    assert result.stats.accepted > 0 and Path(result.output, "manifest.json").exists()
 
 
 def test_reader_refuses_an_unfinished_output(tmp_path):

@@ -10,6 +10,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 
+from components.artifacts import version_directories
 from serving import json_tensor, policy
 from serving.errors import ServingError
 from serving.options import ServerOptions, parse_options
@@ -86,7 +87,7 @@ def test_version_directories_and_policies(tmp_path):
     for name in ("1", "00000123", "3.tmp-abc", "x", "7"):
         (tmp_path / name).mkdir()
     (tmp_path / "9").write_text("a file, not a version")
-    versions = policy.list_versions(str(tmp_path))
+    versions = version_directories(str(tmp_path))
     assert sorted(versions) == [1, 7, 123] and versions[123].endswith("00000123")
     Policy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
     assert policy.aspired_versions(Policy(), versions) == {123}
@@ -99,7 +100,7 @@ def test_version_directories_and_policies(tmp_path):
     specific = Policy()
     specific.specific.versions.extend([1, 42])
     assert policy.aspired_versions(specific, versions) == {1}
-    assert policy.list_versions(str(tmp_path / "missing")) == {}
+    assert version_directories(str(tmp_path / "missing")) == {}
 
 
 def test_flags_are_tf_serving_flags():

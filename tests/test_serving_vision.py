@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from components.artifacts import WARMUP_FILE
 from serving.client import GrpcClient, RestClient
 from serving.errors import ServingError
 from serving.options import ServerOptions
 from serving.servable import load_servable, read_meta_graph
 from serving.server import ModelServer
-from serving.warmup import WARMUP_FILE, warm_up
+from serving.warmup import warm_up
 
 MODEL = "tiny"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from components import files
-from components.manifest import parse_json
 
 # Writes ever-growing numbered contents until it is killed. Sizes vary (1 KB to 1.5 MB) so that a
 # kill lands in the write, the fsync or the rename; `n` and `end` bracket the payload.
@@ -80,7 +79,7 @@ def test_a_writer_killed_at_random_moments_leaves_the_old_or_the_new_content(tmp
 
 
 def parse_list(text: str) -> list:
-    content = parse_json(text)
+    content = files.parse_json(text)
     if not isinstance(content, list):
         raise ValueError("not a list")
     return content

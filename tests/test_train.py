@@ -17,6 +17,7 @@ import tf_keras as keras
 
 from components.demo_data import generate_demo_dataset
 from components.ingest.run import run_ingest
+from components.manifest import read_manifest
 from components.train.run import run_training
 from components.transform.run import run_transform
 from conftest import make_config
@@ -42,7 +43,10 @@ def test_training_writes_model_metrics_curves_and_logs(tiny_transform, tmp_path)
     training = json.loads((out / "training.json").read_text())
     assert training["epochs_run"] == 2 and [e["epoch"] for e in training["epochs"]] == [1, 2]
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(training["epochs"][0])
-    assert training["dataset_fingerprint"] == json.loads(Path(tiny_transform, "manifest.json").read_text())["fingerprint"]
+    transform = json.loads(Path(tiny_transform, "manifest.json").read_text())
+    assert training["transform_fingerprint"] == transform["fingerprint"]
+    assert training["dataset_fingerprint"] == transform["inputs"]["dataset_fingerprint"] != ""
+    assert read_manifest(result.output, "train").inputs["dataset_fingerprint"] == training["dataset_fingerprint"]
     assert training["strategy"]["replicas"] == 1 and training["global_batch_size"] == 16
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "logs").rglob("events.out.tfevents.*"))

@@ -75,9 +75,9 @@ def test_outputs_manifest_and_label_vocabulary(transformed):
     assert tft.TFTransformOutput(str(out)).vocabulary_by_name("labels") == [b"a", b"b"]
     assert (out / "labels.txt").read_text() == "a\nb\n"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "transform" and manifest["inputs"]["ingest_fingerprint"] == ingest.fingerprint
+    assert manifest["stage"] == "transform" and manifest["inputs"]["dataset_fingerprint"] == ingest.fingerprint
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["images"] == {s: v["images"] for s, v in ingest.stats["splits"].items()}
+    assert stats["images"] == ingest.stats.split_images() == result.stats.images
     for record in dataset.read_split(str(out), "train"):
         assert record["image"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert record["image/format"].numpy() == b"png"

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RemoteModelHandler
 
+from components.artifacts import SERVING_SIGNATURE
 from components.batch_predict.remote import Endpoint, make_scorer
 from components.batch_predict.results import InputError, isolate, predictions_from_outputs
 from components.config import BatchPredictConfig
@@ -50,7 +51,7 @@ class SavedModelScorer:
 
         self._tf = tf
         self._loaded = tf.saved_model.load(model_dir)
-        self._serve = self._loaded.signatures["serving_default"]
+        self._serve = self._loaded.signatures[SERVING_SIGNATURE]
         (self._input,) = self._serve.structured_input_signature[1].keys()
         self._top_k = top_k
         self._probabilities = probabilities

@@ -62,7 +62,8 @@ def list_inputs(path: str, splits: Sequence[str] = ()) -> Listing:
     """Lists a glob, a directory, a CSV of URIs or an ingest output (driver side; any gfile path)."""
     import tensorflow as tf
 
-    from components.manifest import MANIFEST_FILE, read_manifest
+    from components.artifacts import MANIFEST_FILE
+    from components.manifest import read_manifest
 
     if tf.io.gfile.isdir(path):
         if tf.io.gfile.exists(posixpath.join(path, MANIFEST_FILE)):

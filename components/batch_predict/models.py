@@ -15,9 +15,10 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from components.artifacts import LABELS_FILE, MANIFEST_FILE, MODEL_LABELS_FILE, model_version, saved_model_dir
 from components.batch_predict.remote import Endpoint, parse_endpoint, resolve
 from components.config import Config
-from components.records import LABELS_FILE
+from components.files import exists, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,12 @@ def resolve_model(uri: str, config: Config, scratch: str, *, labels: str | None 
         raise ValueError(f"--model {uri}: not a SavedModel path, models:/ URI, http://host:port/v1/models/NAME "
                          "or grpc://host:port/NAME")
     else:
-        from components.evaluate.run import saved_model_dir
-
         saved_model = saved_model_dir(uri)
-        version = posixpath.basename(saved_model) if posixpath.basename(saved_model).isdigit() else ""
-        name = posixpath.basename(posixpath.dirname(saved_model)) if version else posixpath.basename(saved_model)
+        name, number = model_version(saved_model)
+        version = "" if number is None else str(number)
     info = ModelInfo(uri, "saved_model", name, version,
                      _read_labels(labels, required=True) if labels
-                     else _read_labels(posixpath.join(saved_model, "assets", LABELS_FILE)),
+                     else _read_labels(posixpath.join(saved_model, MODEL_LABELS_FILE)),
                      saved_model=saved_model, fingerprint=_export_fingerprint(saved_model))
     logger.info("Scoring in process with %s (%s, version %s)", saved_model, name, version or "unknown")
     return info
@@ -137,7 +136,7 @@ def _read_labels(path: str, required: bool = False) -> list[str] | None:
     import tensorflow as tf
 
     if tf.io.gfile.isdir(path):
-        candidates = [posixpath.join(path, LABELS_FILE), posixpath.join(path, "assets", LABELS_FILE)]
+        candidates = [posixpath.join(path, LABELS_FILE), posixpath.join(path, MODEL_LABELS_FILE)]
         path = next((c for c in candidates if tf.io.gfile.exists(c)), candidates[0])
     if not tf.io.gfile.exists(path):
         if required:
@@ -149,9 +148,5 @@ def _read_labels(path: str, required: bool = False) -> list[str] | None:
 
 
 def _export_fingerprint(saved_model: str) -> str:
-    from components.manifest import MANIFEST_FILE, read_json
-
-    import tensorflow as tf
-
     path = posixpath.join(saved_model, MANIFEST_FILE)
-    return read_json(path).get("fingerprint", "") if tf.io.gfile.exists(path) else ""
+    return read_json(path).get("fingerprint", "") if exists(path) else ""

@@ -18,12 +18,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from components.artifacts import ERRORS_FILE
 from components.batch_predict.handlers import keyed_prebatched
 from components.batch_predict.inputs import ERRORS, Listing, ReadImages, ReadRecords, plan_batches
 from components.batch_predict.outputs import ToRows, WriteShard, errors_jsonl, shard_of
 from components.config import BatchPredictConfig
 
-ERRORS_FILE = "errors.jsonl"
 SHARDS_SUMMARY_FILE = "_shards.json"
 
 

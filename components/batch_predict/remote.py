@@ -32,13 +32,12 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from components.artifacts import IMAGE_INPUT, OUTPUT_KEYS, PROBABILITIES, SERVING_SIGNATURE
 from components.batch_predict.results import InputError, isolate, predictions_from_outputs
 from components.config import BatchPredictConfig
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-OUTPUTS = ("probabilities", "class_id", "label", "score")
 RETRYABLE_HTTP = {429, 503, 504}
 RETRYABLE_GRPC = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
 _REST = re.compile(r"^(?P<scheme>https?)://(?P<host>[^/]+)/v1/models/(?P<name>[^/:]+)"
@@ -67,7 +66,7 @@ class Endpoint:
     version: str = ""
     label: str = ""
     secure: bool = False
-    input_name: str = "image_bytes"
+    input_name: str = IMAGE_INPUT
 
     @property
     def url(self) -> str:
@@ -116,11 +115,11 @@ def resolve(endpoint: Endpoint, settings: BatchPredictConfig) -> Endpoint:
     one string input and has our outputs, and pins the version it serves. A clear error otherwise."""
     version, inputs, outputs = (_rest_metadata if endpoint.protocol == "rest" else _grpc_metadata)(endpoint, settings)
     if len(inputs) != 1 or next(iter(inputs.values())) != "DT_STRING":
-        raise EndpointError(f"{endpoint.describe()}: {SIGNATURE} must take one DT_STRING input (image bytes), "
+        raise EndpointError(f"{endpoint.describe()}: {SERVING_SIGNATURE} must take one DT_STRING input (image bytes), "
                             f"it takes {inputs}")
-    missing = sorted(set(OUTPUTS) - set(outputs))
+    missing = sorted(set(OUTPUT_KEYS) - set(outputs))
     if missing:
-        raise EndpointError(f"{endpoint.describe()}: {SIGNATURE} has no output(s) {missing} "
+        raise EndpointError(f"{endpoint.describe()}: {SERVING_SIGNATURE} has no output(s) {missing} "
                             f"(outputs: {sorted(outputs)}); serve a cvpipe export")
     return replace(endpoint, version=version or endpoint.version, label="" if version else endpoint.label,
                    input_name=next(iter(inputs)))
@@ -153,7 +152,7 @@ class _Scorer:
                                                           f"predict on {self._endpoint.describe()}"))
 
     def _predictions(self, outputs: dict[str, np.ndarray], count: int) -> list:
-        missing = sorted(set(OUTPUTS) - set(outputs))
+        missing = sorted(set(OUTPUT_KEYS) - set(outputs))
         if missing:
             raise EndpointError(f"{self._endpoint.describe()} answered without the output(s) {missing}")
         predictions = predictions_from_outputs(outputs, self._top_k, self._probabilities)
@@ -182,7 +181,7 @@ class RestScorer(_Scorer):
         self._url = endpoint.url + ":predict"
 
     def _predict(self, images: list[bytes]) -> list:
-        body = ('{"signature_name":"%s","instances":[' % SIGNATURE
+        body = ('{"signature_name":"%s","instances":[' % SERVING_SIGNATURE
                 + ",".join('{"b64":"%s"}' % base64.b64encode(image).decode("ascii") for image in images) + "]}")
         try:
             response = self._session.post(self._url, data=body.encode("ascii"),
@@ -199,10 +198,10 @@ class RestScorer(_Scorer):
             raise EndpointError(f"{self._url} answered HTTP {response.status_code}: {message}")
         try:
             rows = json.loads(response.content)["predictions"]
-            outputs = {key: np.asarray([row[key] for row in rows]) for key in OUTPUTS}
+            outputs = {key: np.asarray([row[key] for row in rows]) for key in OUTPUT_KEYS}
         except (ValueError, KeyError, TypeError) as e:
             raise EndpointError(f"{self._url}: unexpected predict response ({e}): {response.text[:200]}") from e
-        outputs["probabilities"] = outputs["probabilities"].astype(np.float32)
+        outputs[PROBABILITIES] = outputs[PROBABILITIES].astype(np.float32)
         return self._predictions(outputs, len(images))
 
 
@@ -221,7 +220,7 @@ class GrpcScorer(_Scorer):
     def _predict(self, images: list[bytes]) -> list:
         request = self._predict_pb2.PredictRequest()
         _model_spec(request.model_spec, self._endpoint)
-        request.model_spec.signature_name = SIGNATURE
+        request.model_spec.signature_name = SERVING_SIGNATURE
         request.inputs[self._endpoint.input_name].CopyFrom(
             self._tf.make_tensor_proto(images, dtype=self._tf.string, shape=[len(images)]))
         try:
@@ -267,11 +266,11 @@ def _rest_metadata(endpoint: Endpoint, settings: BatchPredictConfig) -> tuple[st
 
     metadata = with_retries(get, settings, f"model metadata from {url}")
     try:
-        signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
+        signature = metadata["metadata"]["signature_def"]["signature_def"][SERVING_SIGNATURE]
         inputs = {name: spec.get("dtype", "") for name, spec in signature["inputs"].items()}
         outputs = set(signature.get("outputs", {}))
     except (KeyError, TypeError, AttributeError) as e:
-        raise EndpointError(f"{url}: no {SIGNATURE} signature in the model metadata ({e})") from e
+        raise EndpointError(f"{url}: no {SERVING_SIGNATURE} signature in the model metadata ({e})") from e
     return str(metadata.get("model_spec", {}).get("version", "") or ""), inputs, outputs
 
 
@@ -297,9 +296,9 @@ def _grpc_metadata(endpoint: Endpoint, settings: BatchPredictConfig) -> tuple[st
     response = with_retries(get, settings, f"model metadata from {endpoint.describe()}")
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
-    if SIGNATURE not in signatures.signature_def:
-        raise EndpointError(f"{endpoint.describe()}: no {SIGNATURE} signature in the model metadata")
-    signature = signatures.signature_def[SIGNATURE]
+    if SERVING_SIGNATURE not in signatures.signature_def:
+        raise EndpointError(f"{endpoint.describe()}: no {SERVING_SIGNATURE} signature in the model metadata")
+    signature = signatures.signature_def[SERVING_SIGNATURE]
     inputs = {name: types_pb2.DataType.Name(info.dtype) for name, info in signature.inputs.items()}
     version = response.model_spec.version.value if response.model_spec.HasField("version") else 0
     return (str(version) if version else ""), inputs, set(signature.outputs)

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from components import image_limits
+from components.artifacts import CLASS_ID, LABEL, PROBABILITIES, SCORE, SERVING_SIGNATURE
 from components.rejections import Reason
 
 
@@ -48,16 +49,16 @@ def predictions_from_outputs(outputs: Mapping[str, np.ndarray], top_k: int, prob
     Vectorised per batch (one argsort, one `tolist` per array), so the per-image Python work is
     building one small object.
     """
-    probs = np.asarray(outputs["probabilities"], dtype=np.float32)
+    probs = np.asarray(outputs[PROBABILITIES], dtype=np.float32)
     if probs.ndim != 2:
-        raise ValueError(f"serving_default returned probabilities of shape {probs.shape}; expected [N, C]")
+        raise ValueError(f"{SERVING_SIGNATURE} returned probabilities of shape {probs.shape}; expected [N, C]")
     k = min(top_k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top_p = np.take_along_axis(probs, order, axis=1).tolist()
     order = order.tolist()
-    labels = [_text(v) for v in np.asarray(outputs["label"]).reshape(-1)]
-    class_ids = np.asarray(outputs["class_id"]).reshape(-1).astype(np.int64).tolist()
-    scores = np.asarray(outputs["score"], dtype=np.float32).reshape(-1).tolist()
+    labels = [_text(v) for v in np.asarray(outputs[LABEL]).reshape(-1)]
+    class_ids = np.asarray(outputs[CLASS_ID]).reshape(-1).astype(np.int64).tolist()
+    scores = np.asarray(outputs[SCORE], dtype=np.float32).reshape(-1).tolist()
     rows = probs.tolist() if probabilities else [None] * len(probs)
     return [
         Prediction(class_ids[i], labels[i], scores[i], tuple(zip(order[i], top_p[i])),

@@ -25,20 +25,21 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from components.artifacts import DATASET_FINGERPRINT, ERRORS_FILE, MODEL_FINGERPRINT, SUMMARY_FILE, fingerprint
 from components.batch_predict.handlers import EndpointHandler, SavedModelHandler
 from components.batch_predict.inputs import list_inputs
 from components.batch_predict.models import ModelInfo, resolve_model
 from components.batch_predict.outputs import ROWS_PER_SHARD
-from components.batch_predict.pipeline import ERRORS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
+from components.batch_predict.pipeline import SHARDS_SUMMARY_FILE, build_pipeline
 from components.batch_predict.remote import EndpointError
 from components.beam_runtime import beam_options, beam_pipeline
 from components.config import BatchPredictConfig, Config
-from components.manifest import Manifest, read_json, write_json, write_manifest
+from components.files import read_json, write_json
+from components.manifest import Manifest, write_manifest
 from components.staging import staged_output
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 STAGE = "batch_predict"
 
 
@@ -104,7 +105,7 @@ def run_batch_predict(
             raise BatchPredictError(f"scoring with {info.model_id} failed: {_last_line(e)}") from e
         seconds = time.monotonic() - started
         scoring_seconds = _scoring_seconds(result)
-        summary, fingerprint = _reconcile(work_dir, listing.count, info, fmt)
+        summary, output_fingerprint = _reconcile(work_dir, listing.count, info, fmt)
         summary.update({
             "input": input_path,
             "seconds": round(seconds, 2),
@@ -121,9 +122,9 @@ def run_batch_predict(
         write_json(posixpath.join(work_dir, SUMMARY_FILE), summary)
         write_manifest(work_dir, Manifest(
             stage=STAGE,
-            fingerprint=fingerprint,
-            inputs={"model": model, "input": input_path, "model_fingerprint": info.fingerprint,
-                    "dataset_fingerprint": listing.fingerprint},
+            fingerprint=output_fingerprint,
+            inputs={"model": model, "input": input_path, MODEL_FINGERPRINT: info.fingerprint,
+                    DATASET_FINGERPRINT: listing.fingerprint},
             config={STAGE: config.to_dict()[STAGE], "format": fmt},
             outputs={"files": summary["files"], "inputs": summary["inputs"], "predictions": summary["predictions"],
                      "errors": summary["errors"], "model": summary["model"]},
@@ -132,7 +133,7 @@ def run_batch_predict(
                 summary["inputs"], seconds, summary["images_per_second"] or 0, summary["predictions"],
                 ", ".join(f"{c} {n}" for c, n in summary["classes"].items()) or "none", summary["errors"],
                 ", ".join(f"{r} {n}" for r, n in summary["errors_by_reason"].items()) or "none")
-    return BatchPredictResult(output.rstrip("/"), summary, fingerprint)
+    return BatchPredictResult(output.rstrip("/"), summary, output_fingerprint)
 
 
 def _reconcile(work_dir: str, inputs: int, info: ModelInfo, fmt: str) -> tuple[dict[str, Any], str]:
@@ -148,10 +149,10 @@ def _reconcile(work_dir: str, inputs: int, info: ModelInfo, fmt: str) -> tuple[d
     classes: collections.Counter = collections.Counter()
     for shard in shards:
         classes.update(shard["classes"])
-    fingerprint = hashlib.sha256(json.dumps(
+    output_fingerprint = fingerprint(
         {"model": [info.name, info.version, info.fingerprint], "format": fmt,
          "files": [[s["file"], s["sha256"]] for s in shards],
-         "errors": hashlib.sha256(errors_data).hexdigest()}, sort_keys=True).encode()).hexdigest()
+         "errors": hashlib.sha256(errors_data).hexdigest()})
     summary = {
         "inputs": inputs,
         "predictions": predictions,
@@ -162,7 +163,7 @@ def _reconcile(work_dir: str, inputs: int, info: ModelInfo, fmt: str) -> tuple[d
         "format": fmt,
         "files": [{k: s[k] for k in ("file", "rows", "bytes", "sha256")} for s in shards],
     }
-    return summary, fingerprint
+    return summary, output_fingerprint
 
 
 def _scoring_seconds(result) -> float | None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from components.batch_predict.pipeline import ERRORS_FILE
-from components.batch_predict.run import SUMMARY_FILE
+from components.artifacts import ERRORS_FILE, SUMMARY_FILE
 from components.manifest import Manifest
 from components.tracking.stage_log import StageLog, numbers, read_optional
 
@@ -12,5 +11,4 @@ def tracked_outputs(output: str, manifest: Manifest) -> StageLog:
     """The numbers of summary.json (but its files and model) as metrics."""
     summary = read_optional(output, SUMMARY_FILE) or {}
     return StageLog(numbers({k: v for k, v in summary.items() if k not in ("files", "model")}),
-                    artifacts=(SUMMARY_FILE, ERRORS_FILE),
-                    dataset_fingerprint=manifest.inputs.get("dataset_fingerprint"))
+                    artifacts=(SUMMARY_FILE, ERRORS_FILE))

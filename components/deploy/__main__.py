@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     config = config_from_args(parser, args)
+    from components.artifacts import saved_model_dir
     from components.deploy import run  # TensorFlow loads after the arguments are checked
 
     try:
         if args.command == "push" and args.if_blessed:
-            blessing = run.blessing_of(run.saved_model_dir(args.model), args.evaluation)
+            blessing = run.blessing_of(saved_model_dir(args.model), args.evaluation)
             if not blessing["blessed"]:
                 logger.info("Not deploying %s: not blessed (%s); what is deployed stays", args.model,
                             "; ".join(blessing["reasons"]))

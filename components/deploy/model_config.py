@@ -11,9 +11,9 @@ import posixpath
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from components.artifacts import MODEL_CONFIG_FILE
 from components.files import excerpt, read_state_file, write_file
 
-MODEL_CONFIG_FILE = "models.config"
 STABLE, CANARY = "stable", "canary"
 
 

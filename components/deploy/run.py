@@ -36,17 +36,15 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from components.artifacts import (BLESSING_FILE, DEPLOYMENTS_FILE, EVALUATION_FILE, SAVED_MODEL_FILE, next_version,
+                                  saved_model_dir)
 from components.config import Config
 from components.deploy import model_config
-from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, saved_model_dir
-from components.export.run import next_version
-from components.files import excerpt, read_state_file
-from components.manifest import parse_json, read_json, read_manifest, write_json
+from components.files import excerpt, parse_json, read_json, read_state_file, write_json
+from components.manifest import read_manifest
 from components.staging import copy_tree, staged_output
 
 logger = logging.getLogger(__name__)
-
-HISTORY_FILE = "deployments.json"
 
 
 class DeployError(ValueError):
@@ -120,7 +118,7 @@ def rollback(model_base_path: str, name: str, *, server: str | None = None) -> D
         if not earlier:
             raise DeployError(f"{name} has no earlier stable version to roll back to")
         stable = earlier[-1]
-        if not tf.io.gfile.exists(posixpath.join(base, name, str(stable), "saved_model.pb")):
+        if not tf.io.gfile.exists(posixpath.join(base, name, str(stable), SAVED_MODEL_FILE)):
             raise DeployError(f"the previous stable version {stable} of {name} is no longer on disk")
     _switch(server_config, config_file, name, posixpath.join(base, name), current, server, stable)
     return _finish("rollback", base, name, server_config, config_file)
@@ -200,7 +198,7 @@ def blessing_of(source: str, evaluation: str | None) -> dict[str, Any]:
 
 def _history(model_dir: str) -> list[dict[str, Any]]:
     """The entries of deployments.json (none yet: empty); a damaged file raises DamagedFileError."""
-    return read_state_file(posixpath.join(model_dir, HISTORY_FILE), _parse_history) or []
+    return read_state_file(posixpath.join(model_dir, DEPLOYMENTS_FILE), _parse_history) or []
 
 
 def _parse_history(text: str) -> list[dict[str, Any]]:
@@ -214,7 +212,7 @@ def _record(model_dir: str, result: DeployResult, **details: Any) -> None:
     """Appends the action to deployments.json (the replaced content kept as deployments.json.bak) and logs it."""
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "action": result.action,
              "version": result.version, "labels": result.labels, **details}
-    write_json(posixpath.join(model_dir, HISTORY_FILE), [*_history(model_dir), entry], backup=True)
+    write_json(posixpath.join(model_dir, DEPLOYMENTS_FILE), [*_history(model_dir), entry], backup=True)
     logger.info("%s %s: labels %s (%s)", result.action, result.name, result.labels, result.model_config_file)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from components.artifacts import IMAGE_INPUT, PROBABILITIES, WARMUP_FILE
 from components.export.warmup import read_warmup_requests
 from components.staging import copy_tree
 
@@ -38,7 +39,7 @@ def check_servable(saved_model: str, name: str) -> None:
 
     requests = read_warmup_requests(saved_model)
     if not requests:
-        raise NotServableError(f"{saved_model} has no warm-up requests (assets.extra/tf_serving_warmup_requests) "
+        raise NotServableError(f"{saved_model} has no warm-up requests ({WARMUP_FILE}) "
                                f"to check it with; export it with export.warmup_requests > 0")
     with tempfile.TemporaryDirectory(prefix="cvpipe-servability-") as base:
         version_dir = posixpath.join(base, name, "1")
@@ -62,8 +63,8 @@ def check_servable(saved_model: str, name: str) -> None:
 
 
 def _check_response(saved_model: str, request, response) -> None:
-    images = len(request.inputs["image_bytes"].string_val)
-    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    images = len(request.inputs[IMAGE_INPUT].string_val)
+    probabilities = tf.make_ndarray(response.outputs[PROBABILITIES])
     if probabilities.shape[0] != images or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4):
         raise NotServableError(f"{saved_model} answered {images} warm-up images with probabilities of shape "
                                f"{probabilities.shape}")

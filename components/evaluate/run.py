@@ -16,7 +16,6 @@ records hold resized images).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import posixpath
@@ -27,21 +26,21 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from components.artifacts import (BLESSING_FILE, DATASET_FINGERPRINT, EVALUATION_FILE, IMAGE_INPUT, MANIFEST_FILE,
+                                  MODEL_LABELS_FILE, PREDICTIONS_FILE, PROBABILITIES, REPORT_FILE, SERVING_SIGNATURE,
+                                  calibration_file, confusion_matrix_file, fingerprint, saved_model_dir)
 from components.config import Config, EvaluateConfig
 from components.dataset import read_split, split_files
 from components.evaluate import report
 from components.evaluate.blessing import bless
 from components.evaluate.metrics import classification_metrics, size_bucket, sliced_metrics
-from components.manifest import Manifest, read_manifest, write_json, write_manifest
-from components.records import FEATURE_TYPES, LABELS_FILE
+from components.files import write_json
+from components.manifest import Manifest, read_manifest, write_manifest
+from components.records import FEATURE_TYPES
 from components.staging import staged_output
 
 logger = logging.getLogger(__name__)
 
-EVALUATION_FILE = "evaluation.json"
-BLESSING_FILE = "blessing.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-REPORT_FILE = "evaluation.html"
 SIZE_SLICE = "size"
 
 
@@ -60,19 +59,6 @@ class _Predictions:
     label_ids: np.ndarray
     probabilities: np.ndarray
     slices: dict[str, list[str]]
-
-
-def saved_model_dir(path: str) -> str:
-    """`path` itself when it holds a SavedModel, else its highest integer version (BASE/NAME)."""
-    path = path.rstrip("/")
-    if tf.io.gfile.exists(posixpath.join(path, "saved_model.pb")):
-        return path
-    versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(path) if v.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(path) else []
-    if not versions:
-        raise FileNotFoundError(f"{path} holds no SavedModel (saved_model.pb) and no integer version directory; "
-                                f"pass an export output (python -m components.export)")
-    return posixpath.join(path, str(max(versions)))
 
 
 def registered_champion(config: Config, download: str) -> tuple[str | None, str]:
@@ -104,7 +90,7 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
                          f"the blessing)")
     started = time.monotonic()
     labels = _model_labels(model)
-    serve = tf.saved_model.load(model).signatures["serving_default"]
+    serve = tf.saved_model.load(model).signatures[SERVING_SIGNATURE]
     predictions = {split: _predict(serve, data, split, labels, settings) for split in splits}
     seconds = time.monotonic() - started
     images = sum(len(p.uris) for p in predictions.values())
@@ -136,10 +122,10 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
         _write_predictions(posixpath.join(work_dir, PREDICTIONS_FILE), predictions, labels)
         figures = {}
         for split, metrics in candidate.items():
-            matrix_png = posixpath.join(work_dir, f"confusion_matrix_{split}.png")
+            matrix_png = posixpath.join(work_dir, confusion_matrix_file(split))
             report.plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], labels, matrix_png,
                                          title=f"Confusion matrix ({split})")
-            calibration_png = posixpath.join(work_dir, f"calibration_{split}.png")
+            calibration_png = posixpath.join(work_dir, calibration_file(split))
             report.plot_calibration(metrics["calibration"], calibration_png, title=f"Calibration ({split})")
             for title, path in ((f"Confusion matrix ({split})", matrix_png), (f"Calibration ({split})", calibration_png)):
                 with tf.io.gfile.GFile(path, "rb") as f:
@@ -149,7 +135,7 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
             stage="evaluate",
             fingerprint=_fingerprint(model, data_manifest.fingerprint, champion_name, config),
             inputs={"model": model, "data": data, "champion": champion_name or "",
-                    "dataset_fingerprint": _dataset_fingerprint(data_manifest)},
+                    DATASET_FINGERPRINT: data_manifest.dataset_fingerprint},
             config={"evaluate": config.to_dict()["evaluate"]},
             outputs={"blessed": blessing["blessed"],
                      "accuracy": {split: m["accuracy"] for split, m in candidate.items()}},
@@ -166,7 +152,7 @@ def _check_slices(settings: EvaluateConfig) -> None:
 
 def _model_labels(model: str) -> list[str]:
     """The served model's class names in id order (its labels asset)."""
-    with tf.io.gfile.GFile(posixpath.join(model, "assets", LABELS_FILE)) as f:
+    with tf.io.gfile.GFile(posixpath.join(model, MODEL_LABELS_FILE)) as f:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
@@ -186,7 +172,7 @@ def _predict(serve: Callable[..., dict[str, tf.Tensor]], data: str, split: str, 
         unknown = sorted(set(texts) - set(index))
         if unknown:
             raise ValueError(f"{data} {split}: labels {unknown} are not among the model's classes {labels}")
-        probabilities.append(serve(image_bytes=tf.constant(batch["image/encoded"]))["probabilities"].numpy())
+        probabilities.append(serve(**{IMAGE_INPUT: tf.constant(batch["image/encoded"])})[PROBABILITIES].numpy())
         label_ids.extend(index[t] for t in texts)
         uris.extend(batch["image/source"].astype(str))
         for name in settings.slices:
@@ -211,7 +197,7 @@ def _champion_metrics(champion: str | None, data: str, splits: list[str], labels
                        champion, champion_labels, labels)
         return None
     no_slices = EvaluateConfig(**{**settings.__dict__, "slices": []})
-    serve = tf.saved_model.load(champion).signatures["serving_default"]
+    serve = tf.saved_model.load(champion).signatures[SERVING_SIGNATURE]
     return {split: classification_metrics(p.label_ids, p.probabilities, labels, top_k=settings.top_k,
                                           calibration_bins=settings.calibration_bins)
             for split in splits for p in [_predict(serve, data, split, labels, no_slices)]}
@@ -225,12 +211,8 @@ def _write_predictions(path: str, predictions: dict[str, _Predictions], labels: 
                                     "probabilities": [round(float(v), 7) for v in row]}) + "\n")
 
 
-def _dataset_fingerprint(manifest: Manifest) -> str:
-    return manifest.fingerprint if manifest.stage == "ingest" else manifest.inputs.get("ingest_fingerprint", "")
-
-
 def _fingerprint(model: str, data_fingerprint: str, champion: str | None, config: Config) -> str:
     export = read_manifest(model, "export").fingerprint if tf.io.gfile.exists(
-        posixpath.join(model, "manifest.json")) else model
-    return hashlib.sha256(json.dumps({"model": export, "data": data_fingerprint, "champion": champion or "",
-                                      "evaluate": config.to_dict()["evaluate"]}, sort_keys=True).encode()).hexdigest()
+        posixpath.join(model, MANIFEST_FILE)) else model
+    return fingerprint({"model": export, "data": data_fingerprint, "champion": champion or "",
+                        "evaluate": config.to_dict()["evaluate"]})

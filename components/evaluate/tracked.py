@@ -6,7 +6,7 @@ import posixpath
 
 import tensorflow as tf
 
-from components.evaluate.run import BLESSING_FILE, EVALUATION_FILE, PREDICTIONS_FILE, REPORT_FILE
+from components.artifacts import BLESSING_FILE, EVALUATION_FILE, PREDICTIONS_FILE, REPORT_FILE
 from components.manifest import Manifest
 from components.tracking.stage_log import StageLog, numbers, read_optional
 
@@ -27,5 +27,4 @@ def tracked_outputs(output: str, manifest: Manifest) -> StageLog:
     if blessing is not None:
         metrics["blessed"] = float(bool(blessing["blessed"]))
     plots = [posixpath.basename(path) for path in sorted(tf.io.gfile.glob(posixpath.join(output, "*.png")))]
-    return StageLog(metrics, artifacts=(EVALUATION_FILE, BLESSING_FILE, REPORT_FILE, PREDICTIONS_FILE, *plots),
-                    dataset_fingerprint=manifest.inputs.get("dataset_fingerprint"))
+    return StageLog(metrics, artifacts=(EVALUATION_FILE, BLESSING_FILE, REPORT_FILE, PREDICTIONS_FILE, *plots))

@@ -19,11 +19,8 @@ and renamed into place.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import posixpath
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,19 +28,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from components.artifacts import (DATASET_FINGERPRINT, EXPORT_FILE, IMAGE_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE, LABEL,
+                                  MANIFEST_FILE, MODEL_DIR, OUTPUT_KEYS, PROBABILITIES, SERVING_SIGNATURE, TFLITE_DIR,
+                                  TRAIN_FINGERPRINT, TRANSFORM_FINGERPRINT, TransformStats, fingerprint, next_version,
+                                  tflite_file)
 from components.config import Config
 from components.dataset import read_labels, read_split, split_files
 from components.export import tflite
-from components.export.serving import OUTPUT_KEYS, save_serving_model
+from components.export.serving import save_serving_model
 from components.export.warmup import write_warmup_requests
-from components.manifest import Manifest, read_json, read_manifest, write_json, write_manifest
+from components.files import write_json
+from components.manifest import Manifest, read_manifest, write_manifest
 from components.staging import staged_output
-from components.train.run import MODEL_DIR
 
 logger = logging.getLogger(__name__)
-
-EXPORT_FILE = "export.json"
-TFLITE_DIR = "tflite"
 
 
 class ExportError(ValueError):
@@ -57,23 +55,15 @@ class ExportResult:
     export: dict[str, Any]
 
 
-def next_version(base: str) -> int:
-    """One more than the highest integer version directory under `base` (1 for none)."""
-    if not tf.io.gfile.isdir(base):
-        return 1
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(base) if re.fullmatch(r"\d+/?", name)]
-    return max(versions, default=0) + 1
-
-
 def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
                *, version: int | None = None) -> ExportResult:
     """Exports the model trained in `train_dir` with the transform it was trained on to `output/<version>`."""
     started = time.monotonic()
     train = read_manifest(train_dir, "train")
     transform = read_manifest(transform_dir, "transform")
-    if train.inputs.get("transform_fingerprint") != transform.fingerprint:
+    if train.inputs.get(TRANSFORM_FINGERPRINT) != transform.fingerprint:
         raise ExportError(f"{train_dir} was trained on another transform output than {transform_dir} "
-                          f"(fingerprint {train.inputs.get('transform_fingerprint')} != {transform.fingerprint}); "
+                          f"(fingerprint {train.inputs.get(TRANSFORM_FINGERPRINT)} != {transform.fingerprint}); "
                           f"pass the transform directory the model was trained on")
     settings = config.export
     output = output.rstrip("/")
@@ -81,11 +71,11 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
     version = version or next_version(output)
     target = posixpath.join(output, str(version))
     labels = read_labels(transform_dir)
-    stats = read_json(posixpath.join(transform_dir, "stats.json"))
+    stats = TransformStats.read(transform_dir)
     max_pixels = config.ingest.max_pixels
-    if max_pixels < stats["image_size"] ** 2:
+    if max_pixels < stats.image_size ** 2:
         raise ExportError(f"ingest.max_pixels={max_pixels} is below the model's own input size "
-                          f"{stats['image_size']}x{stats['image_size']}")
+                          f"{stats.image_size}x{stats.image_size}")
 
     with staged_output(target, overwrite=False) as work_dir:
         serving = save_serving_model(posixpath.join(train_dir, MODEL_DIR), transform_dir, work_dir, max_pixels,
@@ -102,7 +92,7 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
             "signatures": sorted(loaded.signatures.keys()),
             "outputs": list(OUTPUT_KEYS),
             "labels": labels,
-            "image_size": stats["image_size"],
+            "image_size": stats.image_size,
             "max_pixels": max_pixels,
             "warmup_requests": len(warmup_images),
             "tflite": variants,
@@ -112,10 +102,9 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
         graph_config = {"export": config.to_dict()["export"], "ingest": {"max_pixels": max_pixels}}
         write_manifest(work_dir, Manifest(
             stage="export",
-            fingerprint=hashlib.sha256(json.dumps(
-                {"train": train.fingerprint, **graph_config}, sort_keys=True).encode()).hexdigest(),
-            inputs={"train": train_dir, "train_fingerprint": train.fingerprint, "transform": transform_dir,
-                    "dataset_fingerprint": transform.inputs.get("ingest_fingerprint", "")},
+            fingerprint=fingerprint({"train": train.fingerprint, **graph_config}),
+            inputs={"train": train_dir, TRAIN_FINGERPRINT: train.fingerprint, "transform": transform_dir,
+                    DATASET_FINGERPRINT: transform.dataset_fingerprint},
             config=graph_config,
             outputs={"version": version, "signatures": export["signatures"], "labels": labels,
                      "max_pixels": max_pixels},
@@ -129,7 +118,7 @@ def _test_images(transform: Manifest, transform_dir: str, count: int, max_pixels
     """Up to `count` encoded test images of at most `max_pixels` pixels: the original bytes from the
     ingest output when it is still there (they also exercise resizing), else the transform's resized ones."""
     ingest_dir = transform.inputs.get("ingest", "")
-    source = ingest_dir if ingest_dir and tf.io.gfile.exists(posixpath.join(ingest_dir, "manifest.json")) else transform_dir
+    source = ingest_dir if ingest_dir and tf.io.gfile.exists(posixpath.join(ingest_dir, MANIFEST_FILE)) else transform_dir
     records = read_split(source, "test", decode=False).filter(
         lambda record: record["image/height"] * record["image/width"] <= max_pixels).take(count)
     return [record["image/encoded"].numpy() for record in records]
@@ -139,17 +128,17 @@ def _check_serving(loaded: tf.Module, images: list[bytes], labels: list[str]) ->
     """Runs `serving_default` on real images: shapes, probabilities and labels must be sane."""
     if not images:
         return
-    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
-    probabilities = outputs["probabilities"].numpy()
+    outputs = loaded.signatures[SERVING_SIGNATURE](**{IMAGE_INPUT: tf.constant(images)})
+    probabilities = outputs[PROBABILITIES].numpy()
     if probabilities.shape != (len(images), len(labels)) or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-4):
-        raise ExportError(f"the exported serving_default returned probabilities of shape {probabilities.shape} "
+        raise ExportError(f"the exported {SERVING_SIGNATURE} returned probabilities of shape {probabilities.shape} "
                           f"for {len(images)} images and {len(labels)} classes")
-    unknown = set(outputs["label"].numpy().astype(str)) - set(labels)
+    unknown = set(outputs[LABEL].numpy().astype(str)) - set(labels)
     if unknown:
-        raise ExportError(f"the exported serving_default returned unknown labels {sorted(unknown)}")
+        raise ExportError(f"the exported {SERVING_SIGNATURE} returned unknown labels {sorted(unknown)}")
 
 
-def _export_tflite(model, loaded: tf.Module, transform_dir: str, work_dir: str, stats: dict[str, Any],
+def _export_tflite(model, loaded: tf.Module, transform_dir: str, work_dir: str, stats: TransformStats,
                    config: Config) -> dict[str, dict[str, Any]]:
     """Writes each configured TFLite variant and measures it against the SavedModel on the test split
     (the validation split when there is no test split; only sizes when there is neither)."""
@@ -160,14 +149,13 @@ def _export_tflite(model, loaded: tf.Module, transform_dir: str, work_dir: str, 
     else:
         images, labels = tflite.split_pixels(transform_dir, held_out)
         reference = np.concatenate([
-            loaded.signatures["predict_images"](images=tf.constant(batch))["probabilities"].numpy()
+            loaded.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(batch)})[PROBABILITIES].numpy()
             for batch in np.array_split(images, max(1, len(images) // 64))])
     tf.io.gfile.makedirs(posixpath.join(work_dir, TFLITE_DIR))
     results = {}
     for variant in config.export.tflite:
-        flatbuffer = tflite.convert(model, stats["image_size"], stats["channel_mean"], stats["channel_std"],
-                                    variant, calibration)
-        with tf.io.gfile.GFile(posixpath.join(work_dir, TFLITE_DIR, f"model_{variant}.tflite"), "wb") as f:
+        flatbuffer = tflite.convert(model, stats.image_size, stats.channel_mean, stats.channel_std, variant, calibration)
+        with tf.io.gfile.GFile(posixpath.join(work_dir, tflite_file(variant)), "wb") as f:
             f.write(flatbuffer)
         results[variant] = {"bytes": len(flatbuffer)} if held_out is None else {
             "split": held_out, **tflite.compare_accuracy(flatbuffer, images, labels, reference)}

@@ -1,5 +1,7 @@
 """The served model: the tf.transform graph, the trained Keras model and the labels in one SavedModel.
 
+Its names (signatures, inputs, outputs) are the contract in components.artifacts.
+
 Signatures (all outputs: `probabilities` float [N, C], `class_id` int64 [N], `label` string [N],
 `score` float [N]):
 
@@ -28,13 +30,12 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 import components.train.models  # noqa: F401  (registers the custom layers the trained model uses)
+from components.artifacts import (CLASS_ID, FILENAMES_INPUT, FILENAMES_SIGNATURE, FLOAT_IMAGES_SIGNATURE, IMAGE_INPUT,
+                                  IMAGES_INPUT, IMAGES_SIGNATURE, KEY_INPUT, KEYED_SIGNATURE, LABEL, LABELS_FILE,
+                                  PROBABILITIES, SCORE, SERVING_SIGNATURE)
 from components.image_header import check_finite, check_image_bytes, check_pixel_size
-from components.records import LABELS_FILE
+from components.normalisation import PIXEL_MAX
 from components.transform.preprocessing import IMAGE_KEY
-
-OUTPUT_KEYS = ("probabilities", "class_id", "label", "score")
-SIGNATURES = ("serving_default", "predict_with_key", "predict_images", "predict_images_float")
-FILENAME_SIGNATURE = "predict_filenames"
 
 
 class ServingModel(tf.Module):
@@ -61,55 +62,55 @@ class ServingModel(tf.Module):
         image = self.transform_layer({IMAGE_KEY: image_bytes})["image"]
         probabilities = self.model(image, training=False)
         class_id = tf.argmax(probabilities, axis=1)
-        return {"probabilities": probabilities, "class_id": class_id, "label": self.labels.lookup(class_id),
-                "score": tf.reduce_max(probabilities, axis=1)}
+        return {PROBABILITIES: probabilities, CLASS_ID: class_id, LABEL: self.labels.lookup(class_id),
+                SCORE: tf.reduce_max(probabilities, axis=1)}
 
     def _classify_pixels(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Classifies uint8 pixels known to be within the limits (their PNG needs no header check)."""
         return self._classify(tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.string))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._classify_bytes(image_bytes, "image_bytes")
+        return self._classify_bytes(image_bytes, IMAGE_INPUT)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
-                                  tf.TensorSpec([None], tf.string, name="key")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT),
+                                  tf.TensorSpec([None], tf.string, name=KEY_INPUT)])
     def serve_bytes_with_key(self, image_bytes: tf.Tensor, key: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {**self._classify_bytes(image_bytes, "image_bytes"), "key": tf.identity(key)}
+        return {**self._classify_bytes(image_bytes, IMAGE_INPUT), KEY_INPUT: tf.identity(key)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
     def serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._classify_pixels(check_pixel_size(images, self.max_pixels))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)])
     def serve_float_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         images = check_finite(check_pixel_size(images, self.max_pixels))
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * PIXEL_MAX), tf.uint8)
         return self._classify_pixels(pixels)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="filenames")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=FILENAMES_INPUT)])
     def serve_filenames(self, filenames: tf.Tensor) -> dict[str, tf.Tensor]:
         allowed = tf.logical_and(
             tf.strings.regex_full_match(filenames, _prefix_pattern(self.filename_prefix)),
             tf.logical_not(tf.strings.regex_full_match(filenames, r".*(^|/)\.\.(/|$).*")))
         check = tf.debugging.Assert(
             tf.reduce_all(allowed),
-            [f"predict_filenames reads only paths under {self.filename_prefix} (no '..'); got:",
+            [f"{FILENAMES_SIGNATURE} reads only paths under {self.filename_prefix} (no '..'); got:",
              tf.boolean_mask(filenames, tf.logical_not(allowed))])
         with tf.control_dependencies([check]):
             contents = tf.map_fn(tf.io.read_file, filenames, fn_output_signature=tf.string)
-        return self._classify_bytes(contents, "filenames")
+        return self._classify_bytes(contents, FILENAMES_INPUT)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """The signature map to save; the filename signature only with a prefix configured."""
         signatures = {
-            "serving_default": self.serve_bytes.get_concrete_function(),
-            "predict_with_key": self.serve_bytes_with_key.get_concrete_function(),
-            "predict_images": self.serve_images.get_concrete_function(),
-            "predict_images_float": self.serve_float_images.get_concrete_function(),
+            SERVING_SIGNATURE: self.serve_bytes.get_concrete_function(),
+            KEYED_SIGNATURE: self.serve_bytes_with_key.get_concrete_function(),
+            IMAGES_SIGNATURE: self.serve_images.get_concrete_function(),
+            FLOAT_IMAGES_SIGNATURE: self.serve_float_images.get_concrete_function(),
         }
         if self.filename_prefix:
-            signatures[FILENAME_SIGNATURE] = self.serve_filenames.get_concrete_function()
+            signatures[FILENAMES_SIGNATURE] = self.serve_filenames.get_concrete_function()
         return signatures
 
 

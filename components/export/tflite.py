@@ -2,7 +2,8 @@
 
 On-device apps resize the image themselves, so a TFLite model takes one `[1, S, S, 3]` image of
 pixel values in [0, 255] (what `predict_images` takes after resizing) and returns class
-probabilities. Its normalisation uses the channel statistics of the tf.transform analysis.
+probabilities. Its normalisation (components.normalisation) uses the channel statistics of the
+tf.transform analysis.
 
   float16: weights stored as float16, float computation (half the size)
   int8:    full-integer quantization calibrated on training images; uint8 input, float output
@@ -19,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.dataset import read_split
+from components.normalisation import normalise
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def convert(model: keras.Model, image_size: int, channel_mean: list[float], chan
 
     @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="pixels")])
     def classify(pixels: tf.Tensor) -> tf.Tensor:
-        return model((pixels / 255.0 - mean) / std, training=False)
+        return model(normalise(pixels, mean, std), training=False)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([classify.get_concrete_function()], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -12,14 +12,14 @@ from typing import Sequence
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
+from components.artifacts import IMAGE_INPUT, SERVING_SIGNATURE, WARMUP_FILE
 
 
 def warmup_request(model_name: str, image_bytes: Sequence[bytes]) -> predict_pb2.PredictRequest:
     """A `serving_default` PredictRequest for a batch of encoded images."""
     request = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(list(image_bytes), dtype=tf.string))
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE))
+    request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(list(image_bytes), dtype=tf.string))
     return request
 
 

@@ -31,6 +31,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from components import records
+from components.artifacts import REJECTS_FILE
 from components.config import IngestConfig
 from components.image_inputs import read_file
 from components.ingest.images import MAX_FILE_BYTES_SETTING, CheckedImage, check_image, stored_bytes
@@ -42,7 +43,6 @@ from components.rejections import ImageRejected, Reason, Rejection
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
-REJECTS_FILE = "rejects.jsonl"
 INPUTS_FILE = "_inputs.jsonl"
 SHARDS_SUMMARY_FILE = "_shards.json"
 # Protobuf and TFRecord framing per record, for sizing shards before they are written.

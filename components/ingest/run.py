@@ -28,17 +28,17 @@ from typing import Any, Iterator, Sequence
 import tensorflow as tf
 
 from components import records
+from components.artifacts import LABELS_FILE, REJECTS_FILE, STATS_FILE, IngestStats, SplitCounts
 from components.beam_runtime import beam_options, beam_pipeline, runs_on_one_worker
 from components.config import Config
-from components.ingest.pipeline import INPUTS_FILE, REJECTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
+from components.files import read_json
+from components.ingest.pipeline import INPUTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
 from components.ingest.sources import list_inputs
-from components.manifest import Manifest, Origin, read_json, write_json, write_manifest
+from components.manifest import Manifest, Origin, write_manifest
 from components.rejections import Reason, Rejection
 from components.staging import staged_output
 
 logger = logging.getLogger(__name__)
-
-STATS_FILE = "stats.json"
 
 
 class IngestError(RuntimeError):
@@ -48,7 +48,7 @@ class IngestError(RuntimeError):
 @dataclass(frozen=True)
 class IngestResult:
     output: str
-    stats: dict[str, Any]
+    stats: IngestStats
     fingerprint: str
 
 
@@ -81,12 +81,12 @@ def run_ingest(
         with _untracked_by_gc(), beam_pipeline(options) as pipeline:
             build_pipeline(pipeline, images, rejections, {label: i for i, label in enumerate(vocabulary)},
                            config.ingest, work_dir, spread_checks=not runs_on_one_worker(options))
-        stats, fingerprint = _reconcile(work_dir, inputs.count, vocabulary)
-        stats["seconds"] = round(time.monotonic() - started, 2)
-        stats["images_per_second"] = round(inputs.count / stats["seconds"], 1)
-        with tf.io.gfile.GFile(posixpath.join(work_dir, records.LABELS_FILE), "w") as f:
+        counts, fingerprint = _reconcile(work_dir, inputs.count, vocabulary)
+        seconds = round(time.monotonic() - started, 2)
+        stats = IngestStats(**counts, seconds=seconds, images_per_second=round(inputs.count / seconds, 1))
+        with tf.io.gfile.GFile(posixpath.join(work_dir, LABELS_FILE), "w") as f:
             f.write("".join(f"{label}\n" for label in vocabulary))
-        write_json(posixpath.join(work_dir, STATS_FILE), stats)
+        stats.write(work_dir)
         _check_usable(stats)
         shards = read_json(posixpath.join(work_dir, SHARDS_SUMMARY_FILE))
         for internal in (SHARDS_SUMMARY_FILE, INPUTS_FILE):
@@ -100,10 +100,10 @@ def run_ingest(
         ))
     logger.info(
         "Ingest done in %.1f s: %d inputs -> %d accepted (%s), %d rejected (%s); records are %.3fx the source bytes",
-        stats["seconds"], stats["inputs"], stats["accepted"],
-        ", ".join(f"{s} {v['images']}" for s, v in stats["splits"].items()),
-        stats["rejected"], ", ".join(f"{r} {n}" for r, n in stats["rejects"].items()) or "none",
-        stats["bytes_ratio"],
+        stats.seconds, stats.inputs, stats.accepted,
+        ", ".join(f"{s} {n}" for s, n in stats.split_images().items()),
+        stats.rejected, ", ".join(f"{r} {n}" for r, n in stats.rejects.items()) or "none",
+        stats.bytes_ratio,
     )
     return IngestResult(output.rstrip("/"), stats, fingerprint)
 
@@ -128,7 +128,8 @@ def _untracked_by_gc() -> Iterator[None]:
 
 
 def _reconcile(work_dir: str, inputs: int, vocabulary: list[str]) -> tuple[dict[str, Any], str]:
-    """Builds stats.json from the pipeline's reports and checks that every input is accounted for."""
+    """The counts of stats.json (IngestStats but the timings) from the pipeline's reports, and the
+    output's fingerprint; checks that every input is accounted for."""
     shards = read_json(posixpath.join(work_dir, SHARDS_SUMMARY_FILE))
     with tf.io.gfile.GFile(posixpath.join(work_dir, REJECTS_FILE)) as f:
         reasons = collections.Counter(json.loads(line)["reason"] for line in f)
@@ -151,27 +152,27 @@ def _reconcile(work_dir: str, inputs: int, vocabulary: list[str]) -> tuple[dict[
         )
     source_bytes = sum(s["source_bytes"] for s in shards)
     record_bytes = sum(s["record_bytes"] for s in splits.values())
-    stats = {
+    counts = {
         "inputs": inputs,
         "accepted": accepted,
         "rejected": rejected,
-        "splits": splits,
+        "splits": {split: SplitCounts(**values) for split, values in splits.items()},
         "classes": {label: {**counts, "total": sum(counts.values())} for label, counts in classes.items()},
         "rejects": {reason.value: reasons[reason.value] for reason in Reason if reasons[reason.value]},
         "source_bytes": source_bytes,
         "record_bytes": record_bytes,
         "bytes_ratio": round(record_bytes / source_bytes, 4) if source_bytes else None,
     }
-    return stats, fingerprint.hexdigest()
+    return counts, fingerprint.hexdigest()
 
 
-def _check_usable(stats: dict[str, Any]) -> None:
-    kept = "stats.json and rejects.jsonl are kept in the work directory named below"
-    if stats["accepted"] == 0:
+def _check_usable(stats: IngestStats) -> None:
+    kept = f"{STATS_FILE} and {REJECTS_FILE} are kept in the work directory named below"
+    if stats.accepted == 0:
         raise IngestError(
-            f"no image was accepted out of {stats['inputs']} inputs (rejects: {stats['rejects']}); {kept}"
+            f"no image was accepted out of {stats.inputs} inputs (rejects: {stats.rejects}); {kept}"
         )
-    untrained = [label for label, counts in stats["classes"].items() if counts["train"] == 0]
+    untrained = [label for label, counts in stats.classes.items() if counts["train"] == 0]
     if untrained:
         raise IngestError(
             f"class(es) {untrained} have no training image: add images, fix their rejects or "

@@ -8,10 +8,8 @@ import posixpath
 
 import tensorflow as tf
 
-from components.ingest.pipeline import REJECTS_FILE
-from components.ingest.run import STATS_FILE
+from components.artifacts import LABELS_FILE, REJECTS_FILE, STATS_FILE
 from components.manifest import Manifest
-from components.records import LABELS_FILE
 from components.tracking.stage_log import StageLog, numbers, read_optional
 
 logger = logging.getLogger(__name__)
@@ -41,5 +39,4 @@ def tracked_outputs(output: str, manifest: Manifest) -> StageLog:
         documents[REJECTS_SUMMARY] = {"counts": counts, "total": sum(counts.values()), "first": examples}
     else:
         logger.debug("%s has no %s: not tracked", output, REJECTS_FILE)
-    return StageLog(metrics, documents=documents, artifacts=(STATS_FILE, LABELS_FILE),
-                    dataset_fingerprint=manifest.fingerprint)
+    return StageLog(metrics, documents=documents, artifacts=(STATS_FILE, LABELS_FILE))

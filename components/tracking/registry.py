@@ -82,7 +82,7 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
         "cvpipe.blessed": str(blessed).lower(),
         "cvpipe.export_dir": export_dir,
         "cvpipe.fingerprint": manifest.fingerprint,
-        "cvpipe.dataset_fingerprint": manifest.inputs.get("dataset_fingerprint") or "unknown",
+        "cvpipe.dataset_fingerprint": manifest.dataset_fingerprint or "unknown",
         "cvpipe.code_version": manifest.code_version,
         **{key: str(value) for key, value in metrics.items()},
     }

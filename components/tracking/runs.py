@@ -19,7 +19,8 @@ import tensorflow as tf
 from mlflow.entities import Metric, RunTag
 
 from components.config import Config
-from components.manifest import MANIFEST_FILE, code_version, read_manifest
+from components.artifacts import MANIFEST_FILE
+from components.manifest import code_version, read_manifest
 from components.tracking import stages
 from components.tracking.client import (config_params, experiment_id, local_copy, mlflow_client, safe_key,
                                         safe_tags, search_string, tracking_uri)
@@ -131,8 +132,8 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
         FINGERPRINT_TAG: manifest.fingerprint,
         OUTPUT_TAG: location or output,
     }
-    if log.dataset_fingerprint:
-        tags["cvpipe.dataset_fingerprint"] = log.dataset_fingerprint
+    if manifest.dataset_fingerprint:
+        tags["cvpipe.dataset_fingerprint"] = manifest.dataset_fingerprint
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
 

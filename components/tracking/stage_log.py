@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from components.manifest import read_json
+from components.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,14 @@ class StageLog:
     `metrics` are logged at step 0 and `history` at the step of each entry (a training epoch);
     names are dotted paths, made valid MLflow keys when logged. `documents` are JSON artifacts made
     from the output's files, by artifact name. `artifacts` name the output's files and directories
-    to copy; those missing are skipped. `dataset_fingerprint` is the fingerprint of the data the
-    output derives from (the run's tag `cvpipe.dataset_fingerprint`), None when unknown.
+    to copy; those missing are skipped. (The run's tag `cvpipe.dataset_fingerprint` is the
+    manifest's `dataset_fingerprint`.)
     """
 
     metrics: Mapping[str, float] = field(default_factory=dict)
     history: Sequence[tuple[int, Mapping[str, float]]] = ()
     documents: Mapping[str, Any] = field(default_factory=dict)
     artifacts: Sequence[str] = ()
-    dataset_fingerprint: str | None = None
 
 
 def read_optional(output: str, name: str) -> Any:

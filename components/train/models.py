@@ -1,6 +1,6 @@
 """Keras models: a small CNN and ImageNet backbones with a classification head, plus augmentation.
 
-Models take the transform's normalised image (`(pixel / 255 - mean) / std`) and output class
+Models take the transform's normalised image (components.normalisation) and output class
 probabilities. Backbones get their inputs mapped back to pixels and through their own
 `preprocess_input`, so ImageNet weights see what they were trained on.
 """
@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.config import AugmentConfig, TrainConfig
+from components.normalisation import pixels_from_normalised
 
 _BACKBONES = {
     "mobilenet_v2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
@@ -30,7 +31,7 @@ class BackboneInput(keras.layers.Layer):
         self.backbone, self.channel_mean, self.channel_std = backbone, list(channel_mean), list(channel_std)
 
     def call(self, image: tf.Tensor) -> tf.Tensor:
-        pixels = (image * tf.constant(self.channel_std) + tf.constant(self.channel_mean)) * 255.0
+        pixels = pixels_from_normalised(image, tf.constant(self.channel_mean), tf.constant(self.channel_std))
         return _BACKBONES[self.backbone][1](pixels)
 
     def get_config(self) -> dict:

@@ -2,7 +2,7 @@
 
 Output directory:
   model/                 the trained Keras model (SavedModel; input: normalised image)
-  training.json          config, dataset fingerprint, strategy, steps, wall time, metrics per epoch
+  training.json          config, transform and dataset fingerprints, strategy, steps, wall time, metrics per epoch
   training_curves.png    loss and accuracy per epoch
   history.csv            per-epoch metrics, appended across resumed runs
   logs/                  TensorBoard (scalars, optional histograms, sample training images)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -29,19 +28,18 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from components.artifacts import (CURVES_FILE, DATASET_FINGERPRINT, HISTORY_FILE, MANIFEST_FILE, MODEL_DIR,
+                                  TRAINING_FILE, TRANSFORM_FINGERPRINT, TransformStats, fingerprint)
 from components.config import Config, TrainConfig
 from components.dataset import read_labels
-from components.manifest import MANIFEST_FILE, Manifest, read_json, read_manifest, write_json, write_manifest
+from components.files import write_json
+from components.manifest import Manifest, read_manifest, write_manifest
+from components.normalisation import scaled_from_normalised
 from components.train.distribute import barrier, cluster_workers, is_chief, make_strategy, worker_output_dir
 from components.train.inputs import count_examples, make_dataset
 from components.train.models import build_model, unfreeze_top
 
 logger = logging.getLogger(__name__)
-
-TRAINING_FILE = "training.json"
-CURVES_FILE = "training_curves.png"
-HISTORY_FILE = "history.csv"
-MODEL_DIR = "model"
 
 
 @dataclass(frozen=True)
@@ -84,9 +82,9 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     strategy = make_strategy(settings.distribute)  # first: collective ops are set up before any other op
     keras.utils.set_random_seed(settings.seed)
     transform = read_manifest(transform_dir, "transform")
-    transform_stats = read_json(posixpath.join(transform_dir, "stats.json"))
+    transform_stats = TransformStats.read(transform_dir)
     labels = read_labels(transform_dir)
-    image_size = transform_stats["image_size"]
+    image_size = transform_stats.image_size
 
     chief = is_chief(strategy)
     out = worker_output_dir(output, strategy)
@@ -102,8 +100,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
                 settings.model, train_examples, steps_per_epoch, global_batch, settings.epochs, transform_dir)
 
     with strategy.scope():
-        built = build_model(settings, len(labels), image_size, transform_stats["channel_mean"],
-                            transform_stats["channel_std"])
+        built = build_model(settings, len(labels), image_size, transform_stats.channel_mean,
+                            transform_stats.channel_std)
         compile_model(built.model, settings.learning_rate, settings, settings.epochs * steps_per_epoch)
     _write_sample_images(out, train_data, built.model, settings, transform_stats)
 
@@ -161,7 +159,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         "config": {"train": config.to_dict()["train"]},
         "labels": labels,
         "image_size": image_size,
-        "dataset_fingerprint": transform.fingerprint,
+        TRANSFORM_FINGERPRINT: transform.fingerprint,
+        DATASET_FINGERPRINT: transform.dataset_fingerprint,
         "transform": transform_dir,
         "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                      "workers": cluster_workers()},
@@ -180,9 +179,9 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         plot_curves(history, posixpath.join(out, CURVES_FILE))
         write_manifest(out, Manifest(
             stage="train",
-            fingerprint=hashlib.sha256(json.dumps(
-                {"transform": transform.fingerprint, "train": training["config"]}, sort_keys=True).encode()).hexdigest(),
-            inputs={"transform": transform_dir, "transform_fingerprint": transform.fingerprint},
+            fingerprint=fingerprint({"transform": transform.fingerprint, "train": training["config"]}),
+            inputs={"transform": transform_dir, TRANSFORM_FINGERPRINT: transform.fingerprint,
+                    DATASET_FINGERPRINT: transform.dataset_fingerprint},
             config=training["config"],
             outputs={"model": MODEL_DIR, "final": final, "labels": labels},
         ))
@@ -253,12 +252,12 @@ def plot_curves(history: list[dict[str, float]], path: str) -> None:
 
 
 def _write_sample_images(out: str, data: tf.data.Dataset, model: keras.Model, settings: TrainConfig,
-                         stats: dict[str, Any]) -> None:
+                         stats: TransformStats) -> None:
     """A few augmented training images in TensorBoard, mapped back to pixels."""
     if not settings.tensorboard_images:
         return
     images, _ = next(iter(data))
     augmented = model.get_layer("augmentation")(images[: settings.tensorboard_images], training=True)
-    pixels = tf.clip_by_value(augmented * stats["channel_std"] + stats["channel_mean"], 0.0, 1.0)
+    pixels = tf.clip_by_value(scaled_from_normalised(augmented, stats.channel_mean, stats.channel_std), 0.0, 1.0)
     with tf.summary.create_file_writer(os.path.join(out, "logs", "samples")).as_default():
         tf.summary.image("augmented_training_images", pixels, step=0, max_outputs=settings.tensorboard_images)

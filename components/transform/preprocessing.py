@@ -3,7 +3,7 @@
 One graph serves training, evaluation, export, online serving and batch scoring:
 
     image bytes --decode--> uint8 RGB --resize(pad|crop|stretch)--> uint8 SxSx3 ("pixels")
-                --/255, -mean, /std (train-split statistics)--> float32 SxSx3 ("image")
+                --/255, -mean, /std (train-split statistics; components.normalisation)--> float32 SxSx3 ("image")
     label text --vocabulary (train split)--> int64 ("label"; only when a label is given)
 
 Pixels are rounded to uint8 after resizing, so a lossless PNG of them decodes back to the very
@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.dataset import decode_image
+from components.normalisation import scale, standardise
 
 RESIZE_METHODS = ("pad", "crop", "stretch")
 IMAGE_KEY = "image/encoded"
@@ -74,11 +75,11 @@ def make_preprocessing_fn(image_size: int, method: str, labels: list[str]):
 
     def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         pixels = prepare_batch(tf.reshape(inputs[IMAGE_KEY], [-1]), image_size, method)
-        scaled = tf.cast(pixels, tf.float32) / 255.0
+        scaled = scale(tf.cast(pixels, tf.float32))
         channels = tf.reshape(scaled, [-1, 3])  # every pixel of the batch, per channel
         mean = tft.mean(channels, reduce_instance_dims=False, name="channel_mean")
         variance = tft.var(channels, reduce_instance_dims=False, name="channel_variance")
-        outputs = {"image": (scaled - mean) / tf.sqrt(tf.maximum(variance, 1e-12))}
+        outputs = {"image": standardise(scaled, mean, tf.sqrt(tf.maximum(variance, 1e-12)))}
         if LABEL_TEXT_KEY in inputs:
             outputs["label"] = tft.compute_and_apply_vocabulary(
                 tf.reshape(inputs[LABEL_TEXT_KEY], [-1]), vocab_filename=LABEL_VOCABULARY, reserved_tokens=labels,

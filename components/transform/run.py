@@ -14,14 +14,12 @@ Output directory:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -32,16 +30,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from components import records
+from components.artifacts import DATASET_FINGERPRINT, LABELS_FILE, IngestStats, TransformStats, fingerprint
 from components.beam_runtime import beam_options, beam_pipeline
 from components.config import Config, TransformConfig
 from components.dataset import read_labels, split_files
-from components.manifest import Manifest, read_json, read_manifest, write_json, write_manifest
+from components.files import read_json, write_json
+from components.manifest import Manifest, read_manifest, write_manifest
 from components.staging import staged_output
 from components.transform.preprocessing import IMAGE_KEY, LABEL_TEXT_KEY, make_preprocessing_fn, prepare_batch
 
 logger = logging.getLogger(__name__)
 
-STATS_FILE = "stats.json"
 _COUNTS_FILE = "_counts.json"
 RAW_METADATA = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec({
     IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
@@ -56,7 +55,7 @@ class TransformError(RuntimeError):
 @dataclass(frozen=True)
 class TransformResult:
     output: str
-    stats: dict[str, Any]
+    stats: TransformStats
     fingerprint: str
 
 
@@ -106,12 +105,11 @@ def run_transform(
     started = time.monotonic()
     ingest = read_manifest(ingest_dir, "ingest")
     labels = read_labels(ingest_dir)
-    ingest_counts = {split: v["images"] for split, v in read_json(posixpath.join(ingest_dir, "stats.json"))["splits"].items()}
+    ingest_counts = IngestStats.read(ingest_dir).split_images()
     if not ingest_counts["train"]:
         raise TransformError(f"{ingest_dir} has no training image to analyse")
     settings = config.transform
-    fingerprint = hashlib.sha256(json.dumps(
-        {"ingest": ingest.fingerprint, "transform": config.to_dict()["transform"]}, sort_keys=True).encode()).hexdigest()
+    output_fingerprint = fingerprint({"ingest": ingest.fingerprint, "transform": config.to_dict()["transform"]})
 
     with staged_output(output, overwrite) as work_dir:
         logger.info("Transforming %s into %s: %s, analysing %d training images",
@@ -125,34 +123,33 @@ def run_transform(
         tf.io.gfile.remove(posixpath.join(work_dir, _COUNTS_FILE))
         if counts != ingest_counts:
             raise TransformError(f"internal error: transformed {counts} images, ingest has {ingest_counts}")
-        tf.io.gfile.copy(posixpath.join(ingest_dir, records.LABELS_FILE),
-                         posixpath.join(work_dir, records.LABELS_FILE))
+        tf.io.gfile.copy(posixpath.join(ingest_dir, LABELS_FILE), posixpath.join(work_dir, LABELS_FILE))
         mean, std = channel_statistics(work_dir, settings.image_size)
         record_bytes = sum(tf.io.gfile.stat(f).length for s in records.SPLITS for f in split_files(work_dir, s))
         seconds = time.monotonic() - started
-        stats = {
-            "images": counts,
-            "image_size": settings.image_size,
-            "resize_method": settings.resize_method,
-            "channel_mean": mean.tolist(),
-            "channel_std": std.tolist(),
-            "record_bytes": record_bytes,
-            "bytes_per_image": round(record_bytes / sum(counts.values())),
-            "seconds": round(seconds, 2),
-            "images_per_second": round(sum(counts.values()) / seconds, 1),
-        }
-        write_json(posixpath.join(work_dir, STATS_FILE), stats)
+        stats = TransformStats(
+            images=counts,
+            image_size=settings.image_size,
+            resize_method=settings.resize_method,
+            channel_mean=mean.tolist(),
+            channel_std=std.tolist(),
+            record_bytes=record_bytes,
+            bytes_per_image=round(record_bytes / sum(counts.values())),
+            seconds=round(seconds, 2),
+            images_per_second=round(sum(counts.values()) / seconds, 1),
+        )
+        stats.write(work_dir)
         write_manifest(work_dir, Manifest(
             stage="transform",
-            fingerprint=fingerprint,
-            inputs={"ingest": ingest_dir, "ingest_fingerprint": ingest.fingerprint},
+            fingerprint=output_fingerprint,
+            inputs={"ingest": ingest_dir, DATASET_FINGERPRINT: ingest.dataset_fingerprint},
             config={"transform": config.to_dict()["transform"]},
             outputs={"images": counts, "labels": labels},
         ))
     logger.info("Transform done in %.1f s (%.0f images/s): %s images, %d bytes per image, mean %s, std %s",
-                seconds, stats["images_per_second"], counts, stats["bytes_per_image"],
+                seconds, stats.images_per_second, counts, stats.bytes_per_image,
                 np.round(mean, 4).tolist(), np.round(std, 4).tolist())
-    return TransformResult(output.rstrip("/"), stats, fingerprint)
+    return TransformResult(output.rstrip("/"), stats, output_fingerprint)
 
 
 def _build_pipeline(pipeline, ingest_dir: str, counts: dict[str, int], labels: list[str],
