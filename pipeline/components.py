@@ -144,16 +144,19 @@ def train(transformed: Input[Dataset], config: dict, parent_run_id: str, model: 
 
 
 @component
-def export(model: Input[Model], transformed: Input[Dataset], model_name: str, config: dict, parent_run_id: str,
-           saved_model: Output[Model]):
-    """Exports the trained model with its transform graph: a serving SavedModel at NAME/<version>."""
+def export(model: Input[Model], transformed: Input[Dataset], model_name: str, serving_base_path: str, config: dict,
+           parent_run_id: str, saved_model: Output[Model]):
+    """Exports the trained model with its transform graph: a serving SavedModel at NAME/<version>, the
+    version the next free one in the registry and under `serving_base_path` (components.model_versions)."""
     import posixpath
 
     from components.export.run import run_export
+    from components.model_versions import next_model_version
     from pipeline.runtime import step_setup, track
 
     settings = step_setup(config)
-    result = run_export(model.path, transformed.path, posixpath.join(saved_model.path, model_name), settings)
+    result = run_export(model.path, transformed.path, posixpath.join(saved_model.path, model_name), settings,
+                        version=next_model_version(settings, serving_base_path))
     saved_model.metadata.update({"model_name": model_name, "version": result.version, "framework": "tensorflow"})
     track("export", result.output, f"{saved_model.uri}/{model_name}/{result.version}", settings, parent_run_id)
 
@@ -211,14 +214,16 @@ def register(saved_model: Input[Model], evaluation: Input[Artifact], config: dic
 @component
 def deploy(saved_model: Input[Model], evaluation: Input[Artifact], serving_base_path: str, model_name: str,
            serving_address: str, config: dict) -> NamedTuple("Outputs", [("version", int)]):
-    """Pushes the blessed model into TF Serving's model base path as the new stable version."""
+    """Pushes the blessed model into TF Serving's model base path as the new stable version, under the
+    export's version number."""
     import collections
 
     from components.deploy.run import push
     from pipeline.runtime import saved_model_base, step_setup
 
     result = push(saved_model_base(saved_model.path, saved_model.metadata), serving_base_path, model_name,
-                  step_setup(config), evaluation=evaluation.path, server=serving_address or None)
+                  step_setup(config), evaluation=evaluation.path, server=serving_address or None,
+                  version=int(saved_model.metadata["version"]))
     return collections.namedtuple("Outputs", ["version"])(result.version)
 
 

@@ -145,7 +145,8 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
                       "track-stage").set_display_name("track-transform")
             train = configure(steps.train(transformed=transformed, config=resolved, parent_run_id=run_id), "train")
             export = configure(steps.export(model=train.outputs["model"], transformed=transformed,
-                                            model_name=model_name, config=resolved, parent_run_id=run_id), "export")
+                                            model_name=model_name, serving_base_path=serving_base_path,
+                                            config=resolved, parent_run_id=run_id), "export")
             saved_model = export.outputs["saved_model"]
             evaluate = configure(steps.evaluate(saved_model=saved_model, records=records, config=resolved,
                                                 parent_run_id=run_id), "evaluate")

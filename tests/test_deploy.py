@@ -176,3 +176,34 @@ def test_a_damaged_state_file_stops_deploy_until_its_backup_is_restored(tiny_exp
     os.replace(f"{config}.bak", config)  # the config before the promotion
     assert deploy_main(["rollback", *arguments]) == 0
     assert dict(entry(base, "cvpipe").version_labels) == {"stable": 1}
+
+
+def test_a_push_takes_the_version_it_is_given_if_it_is_free(tiny_export, blessed, tmp_path):
+    base = tmp_path / "serving"
+    assert deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed, version=3).version == 3
+    assert sorted(p.name for p in (base / "cvpipe").iterdir() if p.is_dir()) == ["3"]
+    for taken, why in ((3, r"already holds versions \[3\]"), (0, "versions start at 1")):
+        with pytest.raises(deploy.DeployError, match=why):
+            deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed, version=taken)
+    assert deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed).version == 4  # the next free
+    assert model_config(base).model_config_list.config[0].model_version_policy.specific.versions == [4]
+
+
+def test_the_next_model_version_is_free_in_the_registry_and_the_serving_base(tiny_export, blessed, tmp_path):
+    from components.model_versions import next_model_version
+    from components.tracking.registry import register_model
+    from components.tracking.runs import start_run
+
+    base = tmp_path / "serving"
+    name = f"versions-{tmp_path.name}"
+    tracked = make_config(f"tracking.registered_model={name}")
+    assert next_model_version(tracked) == next_model_version(tracked, str(base)) == 1
+    assert next_model_version(make_config("tracking.enabled=false"), str(base)) == 1
+    deploy.push(tiny_export, str(base), name, LENIENT, evaluation=blessed, version=2)
+    assert next_model_version(tracked, str(base)) == 3 and next_model_version(tracked) == 1
+    register_model(tiny_export, tracked, run_id=start_run(tracked, run_name="register"), blessed=False)
+    register_model(tiny_export, tracked, run_id=start_run(tracked, run_name="register"), blessed=False)
+    register_model(tiny_export, tracked, run_id=start_run(tracked, run_name="register"), blessed=False)
+    assert next_model_version(tracked, str(base)) == 4  # three registered, two deployed
+    assert next_model_version(make_config(f"tracking.registered_model={name}", "tracking.enabled=false"),
+                              str(base)) == 3

@@ -17,6 +17,7 @@ import mlflow
 import pytest
 import yaml
 
+from components.artifacts import model_version
 from components.deploy import model_config
 from components.ingest.fingerprint import fingerprint_source
 from components.tracking.client import tracking_uri
@@ -224,6 +225,18 @@ def test_an_unblessed_model_stops_before_deploy(local_runs):
     assert run.served == {"stable": 1}, "the blessed version stays served"
     assert sorted(p.name for p in (local_runs.serving / "tiny").iterdir() if p.name.isdigit()) == ["1"]
     assert [v.champion for v in run.model_versions] == [False], "registered, but not the champion"
+
+
+def test_one_version_number_per_model_in_export_registry_deployment_predictions_and_report(local_runs):
+    """The second run's export is version 2 (the registry holds 1), as the registry numbers it; the
+    first's is 1 everywhere, its deployment and its batch rows included."""
+    for run, version in ((local_runs.blessed, 1), (local_runs.unblessed, 2)):
+        assert model_version(run.outputs["export"]) == ("tiny", version)
+        assert [v.version for v in run.model_versions] == [version]
+        evaluated = json.loads(Path(run.outputs["evaluate"], "evaluation.json").read_text())["model"]
+        assert model_version(evaluated) == ("tiny", version)
+    assert local_runs.blessed.served == {"stable": 1}
+    assert local_runs.blessed.batch_summary["model"]["version"] == "1"
 
 
 def test_unchanged_data_and_config_reuse_ingest_and_transform_from_the_cache(local_runs):

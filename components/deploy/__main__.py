@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--evaluation", help="the evaluate output holding the model's blessing")
     push.add_argument("--force", action="store_true", help="deploy although the model is not blessed (recorded)")
     push.add_argument("--canary", action="store_true", help="serve it as `canary` next to the stable version")
+    push.add_argument("--version", type=int, help="the version number to serve it as, e.g. the export's own "
+                      "(default: the next free one); refused when it is taken")
     push.add_argument("--if-blessed", action="store_true",
                       help="an unblessed model is skipped (exit 0) instead of refused (exit 1)")
     promote = commands.add_parser("promote", help="make the canary the stable version")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         if args.command == "push":
             run.push(args.model, args.model_base_path, args.name, config, evaluation=args.evaluation,
-                     force=args.force, canary=args.canary, server=args.server)
+                     force=args.force, canary=args.canary, server=args.server, version=args.version)
         else:
             getattr(run, args.command)(args.model_base_path, args.name, server=args.server)
     except (OSError, ValueError) as e:

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from components.artifacts import (BLESSING_FILE, DEPLOYMENTS_FILE, EVALUATION_FILE, SAVED_MODEL_FILE, next_version,
-                                  saved_model_dir)
+                                  saved_model_dir, version_directories)
 from components.config import Config
 from components.deploy import model_config
 from components.files import excerpt, parse_json, read_json, read_state_file, write_json
@@ -66,8 +66,9 @@ ServabilityCheck = Callable[[str, str], None]
 
 def push(model: str, model_base_path: str, name: str, config: Config, *, evaluation: str | None = None,
          force: bool = False, canary: bool = False, server: str | None = None,
-         check: ServabilityCheck | None = None) -> DeployResult:
-    """Copies the exported `model` into `model_base_path/name/<next version>` and labels it.
+         check: ServabilityCheck | None = None, version: int | None = None) -> DeployResult:
+    """Copies the exported `model` into `model_base_path/name/<version>` (default: the next free
+    version; a given one must be free) and labels it.
 
     Refuses a model that `evaluation` did not bless (or without an evaluation) unless `force`;
     a forced push is logged and recorded. `check` (default: the project's model server) must pass
@@ -83,7 +84,13 @@ def push(model: str, model_base_path: str, name: str, config: Config, *, evaluat
         logger.warning("Deploying %s although it is not blessed (%s): forced", source, reasons)
     base, config_file, server_config, current = _deployed(model_base_path, name)
     model_dir = posixpath.join(base, name)
-    version = next_version(model_dir)
+    if version is None:
+        version = next_version(model_dir)
+    elif version < 1 or version in version_directories(model_dir):
+        taken = sorted(version_directories(model_dir))
+        raise DeployError(f"{name} cannot be deployed as version {version}: "
+                          + ("versions start at 1" if version < 1 else f"{model_dir} already holds versions {taken}")
+                          + "; pass another version (or none for the next free one)")
 
     with staged_output(posixpath.join(model_dir, str(version)), overwrite=False) as work_dir:
         copy_tree(source, work_dir)

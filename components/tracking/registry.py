@@ -27,6 +27,8 @@ from components.tracking.pyfunc_model import SAVED_MODEL_ARTIFACT, ImageClassifi
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# The version number of the export a registry version holds (the same number, unless runs raced).
+EXPORT_VERSION_TAG = "cvpipe.export_version"
 # Name of the LoggedModel inside its run.
 MODEL_NAME = "model"
 # Packages of the pyfunc model's environment, pinned to the installed versions (never inferred).
@@ -84,6 +86,7 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
         "cvpipe.fingerprint": manifest.fingerprint,
         "cvpipe.dataset_fingerprint": manifest.dataset_fingerprint or "unknown",
         "cvpipe.code_version": manifest.code_version,
+        EXPORT_VERSION_TAG: str(manifest.outputs["version"]),
         **{key: str(value) for key, value in metrics.items()},
     }
     # The source is the model's storage location, not models:/<model_id>: a SQL registry resolves the
@@ -95,9 +98,21 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
         client.set_registered_model_alias(settings.registered_model, CHAMPION_ALIAS, version.version)
     info = ModelVersionInfo(settings.registered_model, int(version.version),
                             f"models:/{settings.registered_model}/{version.version}", blessed)
+    if info.version != manifest.outputs["version"]:
+        logger.warning("%s is version %d of %s, but the registry numbered it %d (another run registered a "
+                       "version meanwhile, or the export's version was not taken from the registry: see "
+                       "components.model_versions); its tag %s keeps the export's number", export_dir,
+                       manifest.outputs["version"], settings.registered_model, info.version, EXPORT_VERSION_TAG)
     logger.info("Registered %s from %s (run %s)%s", info.uri, export_dir, run_id,
                 f"; it is the {CHAMPION_ALIAS}" if blessed else "; not blessed, the champion is unchanged")
     return info
+
+
+def latest_version(config: Config) -> int:
+    """The highest version number of `tracking.registered_model` (0 when it has none or does not exist)."""
+    settings = config.tracking
+    found = mlflow_client(settings).search_model_versions(f"name = {search_string(settings.registered_model)}")
+    return max((int(v.version) for v in found), default=0)
 
 
 def registered_versions(config: Config, run_id: str) -> list[ModelVersionInfo]:
