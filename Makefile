@@ -65,4 +65,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) runs bench/results .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) runs bench/results.json bench/results.md .pytest_cache
