@@ -86,8 +86,7 @@ def push(model: str, model_base_path: str, name: str, config: Config, *, evaluat
     model_dir = posixpath.join(base, name)
     if version is None:
         version = next_version(model_dir)
-    elif version < 1 or version in version_directories(model_dir):
-        taken = sorted(version_directories(model_dir))
+    elif version < 1 or version in (taken := sorted(version_directories(model_dir))):
         raise DeployError(f"{name} cannot be deployed as version {version}: "
                           + ("versions start at 1" if version < 1 else f"{model_dir} already holds versions {taken}")
                           + "; pass another version (or none for the next free one)")
