@@ -4,12 +4,16 @@ Each image shows one shape (the class) at a random position, scale, rotation and
 outlined, on a noisy background cluttered with thin lines and small blobs. Sizes, formats (JPEG and
 PNG) and colour modes (RGB and single-channel grayscale) vary, like real uploaded data. Files are
 written as `OUTPUT/<class>/<class>_<index:05d>.{jpg,png}`; the bytes of image (class, index)
-depend only on (seed, class, index), so reruns are byte-identical.
+depend only on (seed, class, index), so reruns are byte-identical. A record next to the output
+(`OUTPUT.demo.json`: the generator's fingerprint, the seed and each file's sha256) lets a rerun keep
+the files that are already what it would write, so an unchanged demo dataset is not drawn again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +52,7 @@ class DemoSummary:
     classes: tuple[str, ...]
     images: int
     bytes: int
+    reused: int = 0  # of `images`: files already as this run would write them, left untouched
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -179,7 +184,8 @@ def render_image(seed: int, class_index: int, index: int) -> tuple[bytes, str]:
     return encoded.tobytes(), extension
 
 
-def _write_image(output: Path, seed: int, class_index: int, index: int) -> int:
+def _write_image(output: Path, seed: int, class_index: int, index: int) -> tuple[str, bytes]:
+    """Draws image (class_index, index) into its file; returns its path relative to `output` and its bytes."""
     data, extension = render_image(seed, class_index, index)
     name = CLASSES[class_index]
     stem = output / name / f"{name}_{index:05d}"
@@ -187,7 +193,52 @@ def _write_image(output: Path, seed: int, class_index: int, index: int) -> int:
         if other != extension:
             stem.with_suffix(other).unlink(missing_ok=True)
     stem.with_suffix(extension).write_bytes(data)
-    return len(data)
+    return f"{name}/{stem.with_suffix(extension).name}", data
+
+
+def record_path(output: Path) -> Path:
+    """The record of what the generator wrote into `output`: a file next to it, not inside the class tree."""
+    return output.with_name(output.name + ".demo.json")
+
+
+def _generator_fingerprint() -> str:
+    """Changes with this module's code, so a rerun after a change to the drawing draws every image again."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _unchanged(output: Path, seed: int, tasks: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[str, str, int]]:
+    """The tasks whose file the record lists for this generator and seed and which still hold those bytes:
+    task -> (path relative to `output`, sha256, size)."""
+    try:
+        record = json.loads(record_path(output).read_text())
+        if record["generator"] != _generator_fingerprint() or record["seed"] != seed:
+            return {}
+        files = dict(record["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    unchanged = {}
+    for class_index, index in tasks:
+        name = CLASSES[class_index]
+        for extension in EXTENSIONS:
+            relative = f"{name}/{name}_{index:05d}{extension}"
+            if relative not in files:
+                continue
+            try:
+                data = (output / relative).read_bytes()
+            except OSError:
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == files[relative]:
+                unchanged[(class_index, index)] = (relative, digest, len(data))
+    return unchanged
+
+
+def _write_record(output: Path, seed: int, files: dict[str, str]) -> None:
+    """Records the files this run leaves in `output` (relative path -> sha256), atomically."""
+    record = {"generator": _generator_fingerprint(), "seed": seed, "files": dict(sorted(files.items()))}
+    temporary = record_path(output).with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=0))
+    temporary.replace(record_path(output))
 
 
 # 500 per class: 2000 training images let small_cnn reach ~0.98 test accuracy in 30 epochs; with 300
@@ -206,20 +257,27 @@ def generate_demo_dataset(output: str | Path, seed: int = 0, per_class: int = DE
         (output / name).mkdir(parents=True, exist_ok=True)
 
     tasks = [(c, i) for c in range(len(CLASSES)) for i in range(per_class)]
-    total_bytes, start = 0, time.monotonic()
+    start = time.monotonic()
+    unchanged = _unchanged(output, seed, tasks)
+    files = {relative: digest for relative, digest, _ in unchanged.values()}
+    total_bytes = sum(size for _, _, size in unchanged.values())
+    to_draw = [task for task in tasks if task not in unchanged]
     # OpenCV drawing and encoding release the GIL, so two threads use both cores.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sizes = pool.map(lambda task: _write_image(output, seed, *task), tasks)
-        for done, size in enumerate(sizes, start=1):
-            total_bytes += size
-            if done % LOG_EVERY == 0 and done < len(tasks):
-                logger.info("Generated %d/%d demo images", done, len(tasks))
+        written = pool.map(lambda task: _write_image(output, seed, *task), to_draw)
+        for done, (relative, data) in enumerate(written, start=1):
+            files[relative] = hashlib.sha256(data).hexdigest()
+            total_bytes += len(data)
+            if done % LOG_EVERY == 0 and done < len(to_draw):
+                logger.info("Generated %d/%d demo images", done, len(to_draw))
+    _write_record(output, seed, files)
 
     logger.info(
-        "Wrote %d demo images (%d classes x %d, %.1f MB, seed %d) to %s in %.1f s",
-        len(tasks), len(CLASSES), per_class, total_bytes / 1e6, seed, output, time.monotonic() - start,
+        "Wrote %d demo images (%d classes x %d, %.1f MB, seed %d; %d already there and unchanged) to %s in %.1f s",
+        len(tasks), len(CLASSES), per_class, total_bytes / 1e6, seed, len(unchanged), output,
+        time.monotonic() - start,
     )
-    return DemoSummary(output=output, classes=CLASSES, images=len(tasks), bytes=total_bytes)
+    return DemoSummary(output=output, classes=CLASSES, images=len(tasks), bytes=total_bytes, reused=len(unchanged))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
