@@ -172,6 +172,7 @@ def evaluate(saved_model: Input[Model], records: Input[Dataset], config: dict, p
     import shutil
     import tempfile
 
+    from components.artifacts import REPORT_FILE
     from components.evaluate.run import registered_champion, run_evaluate
     from pipeline.runtime import saved_model_base, step_setup, track
 
@@ -187,7 +188,8 @@ def evaluate(saved_model: Input[Model], records: Input[Dataset], config: dict, p
         metrics.log_metric(f"{split}_macro_f1", values["macro"]["f1"])
     matrix = result.evaluation["splits"][first_split]["confusion_matrix"]
     confusion_matrix.log_confusion_matrix(matrix["labels"], matrix["matrix"])
-    shutil.copyfile(f"{evaluation.path}/evaluation.html", report.path)
+    report.path += ".html"  # browsers and file managers open it as a page (the KFP UI shows it either way)
+    shutil.copyfile(f"{evaluation.path}/{REPORT_FILE}", report.path)
     blessed = bool(result.blessing["blessed"])
     evaluation.metadata.update({"blessed": blessed, "reasons": result.blessing["reasons"]})
     track("evaluate", evaluation.path, evaluation.uri, settings, parent_run_id)

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 # and the libraries' chatter) is in the log file.
 _PROGRESS = re.compile(r"Executing task|finished with status|cache hit|^\s*[\d-]+ [\d:,]+ (\w+ (components|pipeline)\."
                        r"|ERROR )|Traceback|^\s*\w+(Error|Exception): ")
+# Terminal colour and cursor codes (kfp.local colours its step lines): kept on the terminal, not in the log file.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The address `make mlflow-ui` serves a local store's UI at.
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 # kfp.local's warnings that every step of a cluster pipeline triggers locally.
 _LOCAL_NOOP_WARNINGS = (r"Task .* have no effect in the current local runner", r"You may be attemping to run")
 
@@ -44,6 +48,8 @@ class RunSummary:
     pipeline_root: str
     tracking_uri: str
     mlflow_run_id: str | None
+    mlflow_experiment_id: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # what a user opens after the run -> its path
     outputs: dict[str, str] = field(default_factory=dict)  # stage -> output directory
     blessing: dict[str, Any] | None = None
     model_versions: list[ModelVersionInfo] = field(default_factory=list)
@@ -52,12 +58,24 @@ class RunSummary:
     served: dict[str, int] = field(default_factory=dict)  # label -> version
     batch_summary: dict[str, Any] | None = None
 
+    def mlflow_run_page(self) -> str | None:
+        """The parent run's page in the MLflow UI: the tracking server's, or `make mlflow-ui`'s for a local store."""
+        if not self.mlflow_run_id or self.mlflow_experiment_id is None:
+            return None
+        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI
+        return f"{base}/#/experiments/{self.mlflow_experiment_id}/runs/{self.mlflow_run_id}"
+
     def __str__(self) -> str:
         lines = [f"Pipeline run: artifacts under {self.pipeline_root}"]
         if self.mlflow_run_id:
-            lines.append(f"MLflow run {self.mlflow_run_id} at {self.tracking_uri} (make mlflow-ui)")
+            local = not self.tracking_uri.startswith(("http://", "https://"))
+            lines.append(f"MLflow run {self.mlflow_run_id} at {self.tracking_uri}: {self.mlflow_run_page()}"
+                         + (" (after make mlflow-ui)" if local else ""))
         for stage, output in self.outputs.items():
             lines.append(f"  {stage:<14} {output}")
+        if self.files:
+            lines.append("Open:")
+            lines.extend(f"  {what:<18} {clickable(path)}" for what, path in self.files.items())
         if self.blessing is not None:
             verdict = "blessed" if self.blessing["blessed"] else "NOT blessed"
             lines.append(f"Model {verdict}: {'; '.join(self.blessing['reasons'])}")
@@ -75,6 +93,13 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def clickable(path: str) -> str:
+    """A local path as a file:// URI (terminals open it on a click); a remote one (gs://, s3://, ...) as it is."""
+    from pathlib import Path
+
+    return path if "://" in path else Path(path).absolute().as_uri()
+
+
 class _ProgressFilter(io.TextIOBase):
     """A text stream that keeps every line in `log` and shows the progress lines on `terminal`."""
 
@@ -82,7 +107,7 @@ class _ProgressFilter(io.TextIOBase):
         self.log, self.terminal, self.pending = log, terminal, ""
 
     def write(self, text: str) -> int:
-        self.log.write(text)
+        self.log.write(_ANSI_ESCAPE.sub("", text))
         lines = (self.pending + text).split("\n")
         self.pending = lines.pop()
         for line in lines:
@@ -117,16 +142,17 @@ def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: st
             pipeline(**arguments)
         except RuntimeError as e:
             raise PipelineRunError(f"the local pipeline run failed: {e}; the step's log is in {log_file}") from e
-    return summarize(config, arguments, pipeline_root=pipeline_root, since_ms=started_ms)
+    return summarize(config, arguments, pipeline_root=pipeline_root, since_ms=started_ms, log_file=log_file)
 
 
-def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: str, since_ms: int) -> RunSummary:
+def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: str, since_ms: int,
+              log_file: str = "") -> RunSummary:
     """What the newest pipeline run on `arguments["data_source"]` since `since_ms` produced, from MLflow's
     records of it and the serving model base path."""
     from components.artifacts import BLESSING_FILE, SUMMARY_FILE
     from components.deploy import model_config
     from components.files import read_json
-    from components.tracking.client import tracking_uri
+    from components.tracking.client import mlflow_client, tracking_uri
     from components.tracking.registry import registered_versions
     from components.tracking.runs import child_runs, pipeline_runs
     from pipeline.parameters import CONFIG_KEYS, resolve_config
@@ -140,8 +166,9 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     if serving_base_path:
         served = model_config.labels(
             model_config.read_model_config(model_config.model_config_path(serving_base_path)), model_name)
+    log = {"whole log": os.path.abspath(log_file)} if log_file else {}
     summary = dict(pipeline_root=pipeline_root, tracking_uri=tracking_uri(settings), mlflow_run_id=None,
-                   serving_base_path=serving_base_path, model_name=model_name, served=served)
+                   serving_base_path=serving_base_path, model_name=model_name, served=served, files=log)
     if not settings.enabled:
         return RunSummary(**summary)
     run_id = arguments.get("mlflow_run_id")  # reserved before the run started (python -m pipeline retrain)
@@ -164,5 +191,20 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     versions = registered_versions(config, register_run) if register_run else []
     order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
     outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
-    return RunSummary(**{**summary, "mlflow_run_id": run_id}, outputs=outputs, blessing=blessing,
-                      model_versions=versions, batch_summary=batch)
+    experiment = mlflow_client(settings).get_run(run_id).info.experiment_id
+    files = {**_files_to_open(outputs, config), **summary["files"]}
+    return RunSummary(**{**summary, "mlflow_run_id": run_id, "files": files}, outputs=outputs, blessing=blessing,
+                      model_versions=versions, batch_summary=batch, mlflow_experiment_id=experiment)
+
+
+def _files_to_open(outputs: Mapping[str, str], config: Config) -> dict[str, str]:
+    """What a user opens after a run, by what it shows: the report, the confusion matrix, the training curves."""
+    from components.artifacts import CURVES_FILE, REPORT_FILE, confusion_matrix_file
+
+    files = {}
+    if "evaluate" in outputs:
+        files["evaluation report"] = f"{outputs['evaluate']}/{REPORT_FILE}"
+        files["confusion matrix"] = f"{outputs['evaluate']}/{confusion_matrix_file(config.evaluate.splits[0])}"
+    if "train" in outputs:
+        files["training curves"] = f"{outputs['train']}/{CURVES_FILE}"
+    return files

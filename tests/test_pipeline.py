@@ -193,6 +193,18 @@ def test_a_blessed_run_passes_artifacts_through_every_stage_and_deploys(local_ru
     assert [v.champion for v in run.model_versions] == [True]
 
 
+def test_the_summary_names_the_files_to_open_as_clickable_paths_and_the_mlflow_run_page(local_runs):
+    run = local_runs.blessed
+    assert set(run.files) == {"evaluation report", "confusion matrix", "training curves", "whole log"}
+    assert all(Path(path).is_file() for path in run.files.values()), run.files
+    text = str(run)
+    for path in run.files.values():
+        assert Path(path).as_uri() in text
+    assert run.files["whole log"] == str(local_runs.root / "blessed.log")
+    assert run.mlflow_run_page().endswith(f"/runs/{run.mlflow_run_id}") and run.mlflow_run_page() in text
+    assert "\x1b[" not in (local_runs.root / "blessed.log").read_text(), "the log file has no terminal colour codes"
+
+
 def test_the_run_is_one_mlflow_parent_run_with_the_kfp_run_id_and_a_child_per_stage(local_runs):
     config = make_config(*SETTINGS)
     run = local_runs.blessed
@@ -214,7 +226,8 @@ def test_typed_artifacts_carry_the_evaluation_for_the_kfp_ui(local_runs):
     matrix = artifacts["confusion_matrix"]["metadata"]["confusionMatrix"]
     assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["blue", "green", "red"]
     assert "test_accuracy" in artifacts["metrics"]["metadata"]
-    assert (evaluate_dir / "report").read_text().startswith("<!DOCTYPE html>")
+    assert artifacts["report"]["uri"].endswith("/report.html")
+    assert (evaluate_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert executor_output["parameterValues"]["Output"] is True
 
 
