@@ -39,14 +39,16 @@ th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f3; }
 .pass { color: #2e7d32; font-weight: bold; } .fail { color: #c62828; font-weight: bold; }
 .better { color: #2e7d32; } .worse { color: #c62828; }
-figure { display: inline-block; margin: 1em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-.champion { margin: .5em 0 1.5em 0; }
-code { background: #f3f3f3; padding: 0 .2em; }
-.gallery { display: flex; flex-wrap: wrap; gap: .8em; }
-.gallery figure { margin: 0; width: 180px; font-size: .85em; }
-.gallery img { width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated; background: #f6f6f6; }
-.gallery .uri { color: #777; font-size: .8em; overflow-wrap: anywhere; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.figures figure { margin: 1em 0; flex: 1 1 400px; max-width: 540px; }
+.figures img { width: 100%; border: 1px solid #eee; }
+.champion { margin: .5em 0 1.5em 0; line-height: 1.6; }
+code { background: #f3f3f3; padding: 0 .2em; overflow-wrap: anywhere; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+.gallery figure { margin: 0; width: 150px; font-size: .85em; }
+.gallery img { display: block; width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated;
+  background: #f3f3f3; border: 1px solid #ddd; margin-bottom: .3em; }
+.gallery .uri { display: block; color: #777; font-size: .8em; word-break: break-all; }
 """
 
 
@@ -126,11 +128,11 @@ def thumbnail(encoded: bytes, size: int = THUMBNAIL_PIXELS) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(path: str, evaluation: dict, blessing: dict, images: Mapping[str, bytes],
+def write_report(path: str, evaluation: dict, blessing: dict, figures: Mapping[str, Mapping[str, bytes]],
                  thumbnails: Mapping[str, bytes] = {}) -> None:
     """One self-contained HTML file: the blessing, its checks, the champion, each split's metrics (next
-    to the champion's), per class and per slice, the images (embedded PNGs) and the most confident
-    mistakes (`thumbnails`: JPEG by URI)."""
+    to the champion's), per class and per slice with its `figures` (split -> title -> PNG), and the most
+    confident mistakes (`thumbnails`: JPEG by URI)."""
     champion = evaluation.get("champion") or {}
     parts = [
         "<!DOCTYPE html>",
@@ -150,11 +152,11 @@ def write_report(path: str, evaluation: dict, blessing: dict, images: Mapping[st
                   "<h3>Per class</h3>", _per_class_table(metrics.get("per_class", {}))]
         for feature, values in metrics.get("slices", {}).items():
             parts += [f'<h3>Slice: {_text(feature)}</h3>', _slice_table(feature, values)]
-    if images:
-        parts.append("<h2>Figures</h2>")
-        for title, png in images.items():
-            parts.append(f'<figure><img src="{_data_uri("image/png", png)}" alt="{_text(title)}">'
-                         f"<figcaption>{_text(title)}</figcaption></figure>")
+        if figures.get(split):
+            parts.append('<div class="figures">' + "".join(
+                f'<figure><img src="{_data_uri("image/png", png)}" alt="{_text(title)}">'
+                f"<figcaption>{_text(title)}</figcaption></figure>" for title, png in figures[split].items())
+                + "</div>")
     if evaluation.get("misclassified"):
         parts += _gallery(evaluation["misclassified"], thumbnails)
     parts.append("</body></html>")
@@ -229,8 +231,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], attributes: str
 def _meta(evaluation: Mapping[str, Any]) -> str:
     items = [("data", _text(evaluation.get("data", "n/a"))),
              ("created", _text(evaluation.get("created", "n/a"))),
-             ("seconds", _number(evaluation.get("seconds"))),
-             ("images/s", _number(evaluation.get("images_per_second")))]
+             ("seconds", _text(evaluation.get("seconds", "n/a"))),
+             ("images/s", _text(evaluation.get("images_per_second", "n/a")))]
     return '<p class="meta">' + " &middot; ".join(f"{name}: {value}" for name, value in items) + "</p>"
 
 
@@ -253,8 +255,8 @@ def _champion(champion: Mapping[str, Any] | None) -> str:
         text += f", MLflow run <code>{_text(champion['run_id'])}</code>"
     if champion.get("run_url"):
         link = f'<a href="{_text(champion["run_url"])}">{_text(champion["run_url"])}</a>'
-        text += (f" &middot; open it with <code>{_text(champion['ui_command'])}</code>, then {link}"
-                 if champion.get("ui_command") else f" &middot; {link}")
+        text += (f"<br>Its run in the MLflow UI: start it with <code>{_text(champion['ui_command'])}</code>, "
+                 f"then open {link}" if champion.get("ui_command") else f"<br>Its run in the MLflow UI: {link}")
     return f'<p class="champion">{text}</p>'
 
 
@@ -317,9 +319,9 @@ def _gallery(misclassified: Mapping[str, Any], thumbnails: Mapping[str, bytes]) 
     for example in examples:
         figures.append(
             f'<figure class="mistake"><img src="{_data_uri("image/jpeg", thumbnails[example["uri"]])}" '
-            f'alt="{_text(example["uri"])}"><figcaption>'
+            f'alt="{_text(example["uri"])}" title="{_text(example["uri"])}"><figcaption>'
             f'true <strong class="true-label">{_text(example["label"])}</strong>, '
             f'predicted <strong class="predicted-label">{_text(example["predicted"])}</strong> '
-            f'({_number(example["confidence"])})<br><span class="uri">{_text(example["uri"])}</span>'
+            f'({_number(example["confidence"])})<span class="uri">{_text(example["uri"])}</span>'
             f"</figcaption></figure>")
     return parts + ['<div class="gallery">' + "".join(figures) + "</div>"]

@@ -114,16 +114,17 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
         write_json(posixpath.join(work_dir, EVALUATION_FILE), evaluation)
         write_json(posixpath.join(work_dir, BLESSING_FILE), blessing)
         _write_predictions(posixpath.join(work_dir, PREDICTIONS_FILE), predictions, labels)
-        figures = {}
+        figures: dict[str, dict[str, bytes]] = {}
         for split, metrics in candidate.items():
             matrix_png = posixpath.join(work_dir, confusion_matrix_file(split))
             report.plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], labels, matrix_png,
                                          title=f"Confusion matrix ({split})")
             calibration_png = posixpath.join(work_dir, calibration_file(split))
             report.plot_calibration(metrics["calibration"], calibration_png, title=f"Calibration ({split})")
+            figures[split] = {}
             for title, path in ((f"Confusion matrix ({split})", matrix_png), (f"Calibration ({split})", calibration_png)):
                 with tf.io.gfile.GFile(path, "rb") as f:
-                    figures[title] = f.read()
+                    figures[split][title] = f.read()
         images = _record_images(data, misclassified["split"], {m["uri"] for m in misclassified["examples"]},
                                 settings.batch_size)
         report.write_report(posixpath.join(work_dir, REPORT_FILE), evaluation, blessing, figures,
