@@ -223,6 +223,9 @@ class EvaluateConfig:
     # accuracy and macro F1 may not drop more than this.
     max_accuracy_drop: float = 0.01
     max_macro_f1_drop: float = 0.01
+    # The report's gallery: this many misclassified images of the first split, the most confidently
+    # wrong first, as thumbnails (0: no gallery).
+    misclassified_examples: int = 16
 
     def validate(self) -> None:
         unknown = sorted(set(self.splits) - set(SPLITS))
@@ -230,6 +233,8 @@ class EvaluateConfig:
             raise ConfigError(f"evaluate.splits must name splits among {SPLITS}, got {self.splits}")
         if min(self.batch_size, self.top_k, self.calibration_bins) < 1:
             raise ConfigError("evaluate.batch_size, evaluate.top_k and evaluate.calibration_bins must be >= 1")
+        if self.misclassified_examples < 0:
+            raise ConfigError("evaluate.misclassified_examples must be >= 0")
         for name in ("min_accuracy", "min_class_recall", "max_accuracy_drop", "max_macro_f1_drop"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"evaluate.{name} must be between 0 and 1")

@@ -173,14 +173,15 @@ def evaluate(saved_model: Input[Model], records: Input[Dataset], config: dict, p
     import tempfile
 
     from components.artifacts import REPORT_FILE
-    from components.evaluate.run import registered_champion, run_evaluate
+    from components.evaluate.champion import registered_champion
+    from components.evaluate.run import run_evaluate
     from pipeline.runtime import saved_model_base, step_setup, track
 
     settings = step_setup(config)
     with tempfile.TemporaryDirectory(prefix="cvpipe-champion-") as download:
-        champion, name = registered_champion(settings, download) if settings.tracking.enabled else (None, None)
+        champion = registered_champion(settings, download) if settings.tracking.enabled else None
         result = run_evaluate(saved_model_base(saved_model.path, saved_model.metadata), records.path,
-                              evaluation.path, settings, champion=champion, champion_name=name, overwrite=True)
+                              evaluation.path, settings, champion=champion, overwrite=True)
     first_split = settings.evaluate.splits[0]
     for split, values in result.evaluation["splits"].items():
         for name in ("accuracy", "log_loss", "ece"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components.evaluate.champion import Champion, run_page
 from components.evaluate.run import run_evaluate
 from conftest import make_config
 
@@ -70,6 +72,30 @@ def test_outputs_report_and_blessing_without_a_champion(evaluated):
     assert "no champion yet" in blessing["reasons"][0]
     html = (out / "evaluation.html").read_text()
     assert "BLESSED" in html and "data:image/png;base64," in html
+    assert "Champion: none to compare with" in html
+
+
+def test_the_report_lists_sizes_in_numeric_order_and_shows_the_mistakes(evaluated):
+    evaluation = json.loads(Path(evaluated.output, "evaluation.json").read_text())
+    sizes = re.search(r'<table data-slice="size">(.*?)</table>', Path(evaluated.output, "evaluation.html").read_text())
+    assert re.findall(r"<tr><td>([^<]*)</td>", sizes.group(1)) == ["&lt;64", "64-127"]  # as text: 64-127 first
+    misclassified = evaluation["misclassified"]
+    rows, truth, probabilities, labels = _predictions(evaluated.output, "test")
+    wrong = [i for i in np.argsort(-probabilities.max(axis=1), kind="stable") if probabilities[i].argmax() != truth[i]]
+    assert misclassified["split"] == "test" and misclassified["total"] == len(wrong) > 0
+    assert [m["uri"] for m in misclassified["examples"]] == [rows[i]["uri"] for i in wrong]
+    assert misclassified["examples"][0]["predicted"] == labels[probabilities[wrong[0]].argmax()]
+    html = Path(evaluated.output, "evaluation.html").read_text()
+    assert html.count("data:image/jpeg;base64,") == len(wrong)
+
+
+def test_run_page_of_a_champion_in_the_mlflow_ui():
+    assert run_page("https://mlflow.example/", "4", "r1") == ("https://mlflow.example/#/experiments/4/runs/r1", None)
+    assert run_page("sqlite:///runs/mlflow.db", "1", "r2") == ("http://127.0.0.1:5000/#/experiments/1/runs/r2",
+                                                             "make mlflow-ui")
+    assert run_page("sqlite:////tmp/x.db", "1", "r2")[1] == ("mlflow server --backend-store-uri sqlite:////tmp/x.db "
+                                                           "--host 127.0.0.1 --port 5000")
+    assert run_page("file:///tmp/mlruns", "1", "r3") == (None, None)
 
 
 def test_thresholds_refuse_with_reasons(tiny_run, tiny_export, tmp_path):
@@ -84,15 +110,17 @@ def test_thresholds_refuse_with_reasons(tiny_run, tiny_export, tmp_path):
 def test_change_thresholds_against_the_champion(tiny_run, tiny_export, worse_export, tmp_path):
     # The same model as its own champion: no change, blessed.
     same = run_evaluate(tiny_export, tiny_run.ingest, str(tmp_path / "same"), make_config(*LENIENT),
-                        champion=tiny_export)
+                        champion=Champion(tiny_export))
     change = [c for c in same.blessing["checks"] if c["kind"] == "change"]
     assert len(change) == 2 and all(c["passed"] for c in change) and same.blessing["blessed"]
     assert same.evaluation["champion"]["splits"]["test"]["accuracy"] == same.evaluation["splits"]["test"]["accuracy"]
 
     # A deliberately worse candidate against it: refused.
     result = run_evaluate(worse_export, tiny_run.ingest, str(tmp_path / "worse"), make_config(*LENIENT),
-                          champion=tiny_export, champion_name="the tiny champion")
-    assert result.blessing["champion"] == result.evaluation["champion"]["model"] == "the tiny champion"
+                          champion=Champion(tiny_export, "the tiny champion"))
+    assert result.blessing["champion"] == {key: value for key, value in result.evaluation["champion"].items()
+                                           if key != "splits"}
+    assert result.blessing["champion"]["model"] == "the tiny champion"
     assert result.evaluation["splits"]["test"]["accuracy"] < result.evaluation["champion"]["splits"]["test"]["accuracy"]
     assert not result.blessing["blessed"]
     assert any(r.startswith("failed: test accuracy >= champion's") for r in result.blessing["reasons"])

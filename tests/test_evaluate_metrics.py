@@ -1,19 +1,22 @@
 """Evaluation metrics against scikit-learn, calibration against a plain loop, slices against subsets,
-and the plots and HTML report as real files."""
+the most confident mistakes, and the plots and HTML report as real files."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 
 import matplotlib.image
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn import metrics as skm
 
-from components.evaluate.metrics import classification_metrics, size_bucket, sliced_metrics
-from components.evaluate.report import plot_calibration, plot_confusion_matrix, write_report
+from components.evaluate.metrics import (SIZE_BUCKETS, classification_metrics, most_confident_mistakes, size_bucket,
+                                         slice_order, sliced_metrics)
+from components.evaluate.report import plot_calibration, plot_confusion_matrix, thumbnail, write_report
 
 CLASS_NAMES = ["cat", "dog", "<cat&dog>", "fox", "owl"]
 C = len(CLASS_NAMES)
@@ -177,7 +180,7 @@ def test_slices_match_metrics_of_the_subset(data):
     assert json.loads(json.dumps(result)) == result
     assert list(result) == list(slices)
     for feature, values in slices.items():
-        assert list(result[feature]) == sorted(set(values))
+        assert list(result[feature]) == sorted(set(values), key=slice_order)
         for value, got in result[feature].items():
             mask = np.array(values) == value
             full = classification_metrics(labels[mask], probabilities[mask], CLASS_NAMES, top_k=2)
@@ -185,6 +188,23 @@ def test_slices_match_metrics_of_the_subset(data):
                            "top_k_accuracy": full["top_k_accuracy"]["value"],
                            "macro_recall": pytest.approx(full["macro"]["recall"], abs=2e-6),
                            "log_loss": pytest.approx(full["log_loss"], abs=2e-6)}
+
+
+def test_slice_order_is_numeric_for_size_buckets_and_numbers():
+    buckets = [name for _, name in SIZE_BUCKETS]
+    assert sorted(reversed(buckets), key=slice_order) == ["<64", "64-127", "128-255", "256-511", ">=512"] == buckets
+    assert sorted(["10", "3", "png", "1", "jpeg", "nan"], key=slice_order) == ["1", "3", "10", "jpeg", "nan", "png"]
+    result = sliced_metrics(np.array([0, 1, 0, 1]), np.full((4, 2), 0.5),
+                            {"size": ["128-255", "<64", "64-127", "256-511"]})
+    assert list(result["size"]) == ["<64", "64-127", "128-255", "256-511"]
+
+
+def test_most_confident_mistakes():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.7, 0.3]])
+    labels = np.array([0, 0, 0, 1, 0, 1])  # mistakes: 1 (0.8), 2 (0.7), 3 (0.6), 4 (0.9), 5 (0.7)
+    assert most_confident_mistakes(labels, probabilities, 10) == [4, 1, 2, 5, 3]
+    assert most_confident_mistakes(labels, probabilities, 2) == [4, 1]
+    assert most_confident_mistakes(labels[:1], probabilities[:1], 5) == []
 
 
 def test_size_bucket():
@@ -239,20 +259,30 @@ def test_plots_write_png_files(tmp_path, result):
 
     calibration = tmp_path / "calibration.png"
     plot_calibration(result["calibration"], str(calibration), title="test")
-    assert read_png(calibration).shape[:2] == (500, 600)  # 6 x 5 inches at 100 dpi
+    assert read_png(calibration).shape[:2] == (650, 600)  # 6 x 6.5 inches at 100 dpi: diagram over histogram
 
     with pytest.raises(ValueError, match="shape"):
         plot_confusion_matrix([[1, 2], [3, 4]], CLASS_NAMES, str(tmp_path / "bad.png"))
 
 
-def make_report(tmp_path, data, result, blessed: bool, champion: bool) -> str:
+CHAMPION = {"model": "models:/demo@champion", "version": 3, "run_id": "abc123",
+            "run_url": "http://mlflow.example:5000/#/experiments/1/runs/abc123", "ui_command": None}
+MISTAKES = [{"uri": "file:///data/dog/<1>.png", "label": "dog", "predicted": "<cat&dog>", "confidence": 0.97},
+            {"uri": "file:///data/cat/2.jpg", "label": "cat", "predicted": "fox", "confidence": 0.61}]
+
+
+def make_report(tmp_path, data, result, blessed: bool, champion: bool, mistakes: list[dict] = MISTAKES) -> str:
     labels, probabilities = data
-    split = dict(result, slices=sliced_metrics(labels, probabilities, {"image/original_format": ["png"] * len(labels)}))
+    sizes = [["256-511", "<64", "64-127", "128-255"][i % 4] for i in range(len(labels))]
+    split = dict(result, slices=sliced_metrics(labels, probabilities, {"image/original_format": ["png"] * len(labels),
+                                                                       "size": sizes}))
     evaluation = {"model": "runs/demo/train/model", "data": "runs/demo/transform", "created": "2024-01-01T00:00:00",
                   "seconds": 1.5, "images_per_second": 266.7, "splits": {"test": split},
-                  "champion": {"model": "champion/model", "splits": {"test": result}} if champion else None}
+                  "champion": {**CHAMPION, "splits": {"test": result}} if champion else None,
+                  "misclassified": {"split": "test", "total": 5 if mistakes else 0, "examples": mistakes}}
+    evaluation = json.loads(json.dumps(evaluation, sort_keys=True))  # as evaluation.json holds it
     reasons = [] if blessed else ["accuracy 0.41 < 0.9 on test", "log loss rose by 0.2 > 0.05"]
-    blessing = {"blessed": blessed, "reasons": reasons, "champion": "champion/model" if champion else None,
+    blessing = {"blessed": blessed, "reasons": reasons, "champion": CHAMPION if champion else None,
                 "checks": [{"name": "min_accuracy", "kind": "absolute", "split": "test", "metric": "accuracy",
                             "value": result["accuracy"], "threshold": 0.9, "passed": blessed},
                            {"name": "no_regression", "kind": "change", "split": "test", "metric": "log_loss",
@@ -260,7 +290,8 @@ def make_report(tmp_path, data, result, blessed: bool, champion: bool) -> str:
     png = tmp_path / "c.png"
     plot_calibration(result["calibration"], str(png))
     path = tmp_path / "report.html"
-    write_report(str(path), evaluation, blessing, {"Calibration (test) <1>": png.read_bytes()})
+    write_report(str(path), evaluation, blessing, {"test": {"Calibration (test) <1>": png.read_bytes()}},
+                 {m["uri"]: thumbnail(png.read_bytes()) for m in mistakes})
     return path.read_text(encoding="utf-8")
 
 
@@ -274,16 +305,40 @@ def test_report_is_one_self_contained_escaped_html_file(tmp_path, data, result):
     assert "Calibration (test) &lt;1&gt;" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 1 and base64.b64decode(images[0]).startswith(PNG_SIGNATURE)
-    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing external
-    assert "champion/model" in page and "difference" in page and "+0.0000" in page
+    assert not re.search(r'src="(?!data:)', page)  # nothing loaded from elsewhere
+    assert re.findall(r'href="([^"]*)"', page) == [CHAMPION["run_url"]]  # the one link: the champion's run
+    assert ("models:/demo@champion</strong>, version 3, MLflow run <code>abc123</code><br>Its run in the MLflow UI: "
+            f'<a href="{CHAMPION["run_url"]}">') in page
+    assert "difference" in page and "+0.0000" in page
     assert "n/a" in page  # the check without a value, the class without support
     assert "image/original_format" in page and f"{result['accuracy']:.4f}" in page
+
+
+def test_report_lists_size_buckets_in_numeric_order(tmp_path, data, result):
+    page = make_report(tmp_path, data, result, blessed=True, champion=False)
+    table = re.search(r'<table data-slice="size">(.*?)</table>', page).group(1)
+    assert re.findall(r"<tr><td>([^<]*)</td>", table) == ["&lt;64", "64-127", "128-255", "256-511"]
+
+
+def test_report_shows_the_most_confident_mistakes_as_thumbnails(tmp_path, data, result):
+    page = make_report(tmp_path, data, result, blessed=True, champion=False)
+    assert "5 test images misclassified; the 2 with the highest confidence in the predicted class" in page
+    thumbnails = re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(thumbnails) == 2
+    assert Image.open(io.BytesIO(base64.b64decode(thumbnails[0]))).size == (118, 128)  # 600 x 650 pixels: the longer side 128
+    assert 'true <strong class="true-label">dog</strong>, predicted <strong class="predicted-label">' \
+           '&lt;cat&amp;dog&gt;</strong> (0.9700)' in page
+    assert "file:///data/dog/&lt;1&gt;.png" in page
+
+    none = make_report(tmp_path, data, result, blessed=True, champion=False, mistakes=[])
+    assert "No test image is misclassified." in none and "image/jpeg" not in none
 
 
 def test_report_blessed_without_champion(tmp_path, data, result):
     page = make_report(tmp_path, data, result, blessed=True, champion=False)
     assert "BLESSED" in page and "NOT BLESSED" not in page
     assert "difference" not in page
+    assert "Champion: none to compare with (absolute thresholds only)." in page
 
 
 def html_escaped(name: str) -> str:

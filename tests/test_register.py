@@ -7,6 +7,7 @@ import sys
 
 import mlflow
 
+from components.evaluate.champion import registered_champion
 from components.evaluate.run import run_evaluate
 from components.register import run_register
 from components.tracking.registry import champion_model_dir
@@ -31,10 +32,11 @@ def test_a_worse_model_is_not_blessed_and_the_champion_stays(tiny_run, tiny_expo
     assert (first.version, first.champion) == (1, True)
 
     # The worse model, evaluated against the registered champion: refused; registered, alias unchanged.
-    champion = champion_model_dir(config, str(tmp_path / "champion"))
-    worse = run_evaluate(worse_export, tiny_run.ingest, str(tmp_path / "worse"), config, champion=champion,
-                         champion_name="models:/register-test@champion")
+    champion = registered_champion(config, str(tmp_path / "champion"))
+    worse = run_evaluate(worse_export, tiny_run.ingest, str(tmp_path / "worse"), config, champion=champion)
     assert not worse.blessing["blessed"]
+    assert worse.blessing["champion"]["version"] == 1  # the registered champion, its run's page on the server
+    assert worse.blessing["champion"]["run_url"].startswith(f"{mlflow_server}/#/experiments/")
     assert any(check["kind"] == "change" and not check["passed"] for check in worse.blessing["checks"])
     second = run_register(worse_export, worse.output, config, parent_run_id=parent)
     assert (second.version, second.champion) == (2, False)

@@ -18,7 +18,7 @@ import tf_keras as keras
 from components.demo_data import generate_demo_dataset
 from components.ingest.run import run_ingest
 from components.manifest import read_manifest
-from components.train.run import run_training
+from components.train.run import plot_curves, restored_epoch, run_training
 from components.transform.run import run_transform
 from conftest import make_config
 
@@ -49,6 +49,8 @@ def test_training_writes_model_metrics_curves_and_logs(tiny_transform, tmp_path)
     assert read_manifest(result.output, "train").inputs["dataset_fingerprint"] == training["dataset_fingerprint"]
     assert training["strategy"]["replicas"] == 1 and training["global_batch_size"] == 16
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert training["restored_by"] == "val_loss"
+    assert training["restored_epoch"] == min(training["epochs"], key=lambda e: e["val_loss"])["epoch"]
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     model = keras.models.load_model(str(out / "model"))
     probabilities = model.predict(np.zeros((3, 32, 32, 3), np.float32), verbose=0)
@@ -56,6 +58,19 @@ def test_training_writes_model_metrics_curves_and_logs(tiny_transform, tmp_path)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_training(tiny_transform, str(out), config)
+
+
+def test_the_curves_mark_the_restored_epoch(tmp_path):
+    history = [{"epoch": e, "loss": 1 / e, "accuracy": 1 - 1 / (e + 1), "val_loss": 0.5 + (e - 6) ** 2 / 50,
+                "val_accuracy": 0.8} for e in range(1, 13)]
+    history[8]["val_loss"] = float("nan")
+    assert restored_epoch(history, "val_loss", 1) == 6  # the first lowest, as ModelCheckpoint keeps it
+    assert restored_epoch(history, "val_loss", 9) == 10  # a later phase (or restart): its own best, NaN skipped
+    assert restored_epoch(history, "val_loss", 13) is None
+    plain, marked = tmp_path / "plain.png", tmp_path / "marked.png"
+    plot_curves(history, str(plain))
+    plot_curves(history, str(marked), restored_epoch=6, monitor="val_loss")
+    assert marked.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and marked.read_bytes() != plain.read_bytes()
 
 
 @pytest.mark.slow

@@ -29,14 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     config = config_from_args(parser, args)
-    from components.evaluate.run import registered_champion, run_evaluate  # TensorFlow loads after the arguments are checked
+    from components.evaluate.champion import Champion, registered_champion
+    from components.evaluate.run import run_evaluate  # TensorFlow loads after the arguments are checked
 
     def evaluate() -> str:
         with tempfile.TemporaryDirectory(prefix="cvpipe-champion-") as download:
-            champion, name = args.champion, None
+            champion = Champion(args.champion) if args.champion else None
             if not champion and not args.no_champion and config.tracking.enabled:
-                champion, name = registered_champion(config, download)
-            return run_evaluate(args.model, args.data, args.output, config, champion=champion, champion_name=name,
+                champion = registered_champion(config, download)
+            return run_evaluate(args.model, args.data, args.output, config, champion=champion,
                                 overwrite=args.overwrite).output
 
     return run_stage("evaluate", evaluate, config)

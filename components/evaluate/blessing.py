@@ -16,12 +16,13 @@ def _check(name: str, kind: str, split: str, metric: str, value: float | None, t
             "passed": value is not None and value >= threshold}
 
 
-def bless(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, settings: EvaluateConfig,
-          *, champion_name: str | None = None) -> dict[str, Any]:
+def bless(candidate: Mapping[str, Any], champion_metrics: Mapping[str, Any] | None, settings: EvaluateConfig,
+          *, champion: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Decides on `candidate`'s metrics of the first configured split (and the champion's, if any).
 
     Returns {"blessed", "checks": [...], "reasons": [...], "champion"}; each check names its
-    metric, value, threshold and whether it passed, and every failed check is a reason.
+    metric, value, threshold and whether it passed, and every failed check is a reason. "champion"
+    is `champion`: which model it was compared with (components.evaluate.champion.Champion.describe).
     """
     split = settings.splits[0]
     metrics = candidate[split]
@@ -31,8 +32,8 @@ def bless(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, sett
         if row["support"]:
             checks.append(_check(f"{split} recall of {name!r} >= {settings.min_class_recall}", "absolute", split,
                                  f"per_class.{name}.recall", row["recall"], settings.min_class_recall))
-    if champion is not None:
-        base = champion[split]
+    if champion_metrics is not None:
+        base = champion_metrics[split]
         for metric, value, reference, drop in (
                 ("accuracy", metrics["accuracy"], base["accuracy"], settings.max_accuracy_drop),
                 ("macro.f1", metrics["macro"]["f1"], base["macro"]["f1"], settings.max_macro_f1_drop)):
@@ -41,5 +42,7 @@ def bless(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, sett
                                  value, threshold))
     failed = [c for c in checks if not c["passed"]]
     reasons = [f"failed: {c['name']} (got {c['value']})" for c in failed] or [
-        f"all {len(checks)} checks passed" + ("" if champion is not None else "; no champion yet, absolute thresholds only")]
-    return {"blessed": not failed, "checks": checks, "reasons": reasons, "champion": champion_name}
+        f"all {len(checks)} checks passed" + ("" if champion_metrics is not None
+                                              else "; no champion yet, absolute thresholds only")]
+    return {"blessed": not failed, "checks": checks, "reasons": reasons,
+            "champion": dict(champion) if champion is not None else None}

@@ -1,5 +1,6 @@
 """Classification metrics in plain numpy: accuracy, top-k, log loss, per-class P/R/F1, ROC-AUC and
-average precision, confusion matrix, calibration (ECE), and the same headline numbers per data slice.
+average precision, confusion matrix, calibration (ECE), the same headline numbers per data slice,
+and the most confident mistakes.
 
 Every result is JSON-serialisable (floats rounded to 6 decimals, ints, None where undefined) and
 matches scikit-learn's definitions (tests/test_evaluate_metrics.py checks them against it).
@@ -22,6 +23,7 @@ DECIMALS = 6
 AVERAGED = ("precision", "recall", "f1", "roc_auc", "pr_auc")
 # size_bucket's values, smallest first: (lower bound of the shorter side, name).
 SIZE_BUCKETS = ((0, "<64"), (64, "64-127"), (128, "128-255"), (256, "256-511"), (512, ">=512"))
+_SIZE_BUCKET_ORDER = {name: position for position, (_, name) in enumerate(SIZE_BUCKETS)}
 
 
 def classification_metrics(label_ids: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], *,
@@ -63,7 +65,8 @@ def classification_metrics(label_ids: np.ndarray, probabilities: np.ndarray, cla
 def sliced_metrics(label_ids: np.ndarray, probabilities: np.ndarray, slices: Mapping[str, Sequence[str]], *,
                    top_k: int = 3) -> dict[str, dict[str, dict[str, Any]]]:
     """Headline metrics per value of each slice feature: {feature: {value: {"examples", "accuracy",
-    "top_k_accuracy", "macro_recall", "log_loss"}}}, values sorted. `slices` holds one value per example."""
+    "top_k_accuracy", "macro_recall", "log_loss"}}}, values in `slice_order`. `slices` holds one value per
+    example."""
     label_ids, probabilities = _check_inputs(label_ids, probabilities)
     num_classes = probabilities.shape[1]
     k = _clamp_top_k(top_k, num_classes)
@@ -76,7 +79,7 @@ def sliced_metrics(label_ids: np.ndarray, probabilities: np.ndarray, slices: Map
         if len(values) != len(label_ids):
             raise ValueError(f"slice {feature!r} has {len(values)} values but label_ids has {len(label_ids)} examples")
         result[feature] = {}
-        for value in sorted(set(values)):
+        for value in sorted(set(values), key=slice_order):
             mask = values == value
             confusion = _confusion(label_ids[mask], predicted[mask], num_classes)
             result[feature][value] = {
@@ -95,6 +98,27 @@ def size_bucket(height: int, width: int) -> str:
         raise ValueError(f"image size must be positive, got height={height} width={width}")
     shorter = min(height, width)
     return [name for lower, name in SIZE_BUCKETS if shorter >= lower][-1]
+
+
+def slice_order(value: str) -> tuple[int, float, str]:
+    """Sort key of slice values: size buckets smallest first, then numbers by value, then other text."""
+    if value in _SIZE_BUCKET_ORDER:
+        return 0, float(_SIZE_BUCKET_ORDER[value]), ""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    return (1, number, "") if math.isfinite(number) else (2, 0.0, value)
+
+
+def most_confident_mistakes(label_ids: np.ndarray, probabilities: np.ndarray, count: int) -> list[int]:
+    """The indices of up to `count` misclassified examples, highest predicted-class probability first
+    (ties by index)."""
+    label_ids, probabilities = _check_inputs(label_ids, probabilities)
+    predicted = np.argmax(probabilities, axis=1)
+    wrong = np.flatnonzero(predicted != label_ids)
+    order = np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")
+    return [int(i) for i in wrong[order][:max(count, 0)]]
 
 
 def _check_inputs(label_ids: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

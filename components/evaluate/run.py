@@ -2,11 +2,13 @@
 
 It evaluates what will be served: the SavedModel's `serving_default` on the records' image bytes
 (the tf.transform graph included), in process, in batches. Output directory:
-  evaluation.json            metrics per split (components.evaluate.metrics), slices, the champion's
+  evaluation.json            metrics per split (components.evaluate.metrics), slices, the champion (its
+                             version and run when registered: components.evaluate.champion) and its
+                             metrics, the first split's most confident mistakes
   blessing.json              the decision, every check and the reasons (components.evaluate.blessing)
   predictions.jsonl          one row per image: split, uri, label, probabilities (the raw predictions)
   confusion_matrix_<split>.png, calibration_<split>.png
-  evaluation.html            the report, images embedded
+  evaluation.html            the report, images embedded (the mistakes as thumbnails)
   manifest.json              written last
 
 Pass the ingest output as data to slice by the original image's size and format (the transform's
@@ -33,7 +35,8 @@ from components.config import Config, EvaluateConfig
 from components.dataset import read_split, split_files
 from components.evaluate import report
 from components.evaluate.blessing import bless
-from components.evaluate.metrics import classification_metrics, size_bucket, sliced_metrics
+from components.evaluate.champion import Champion
+from components.evaluate.metrics import classification_metrics, most_confident_mistakes, size_bucket, sliced_metrics
 from components.files import write_json
 from components.manifest import Manifest, read_manifest, write_manifest
 from components.records import FEATURE_TYPES
@@ -61,27 +64,14 @@ class _Predictions:
     slices: dict[str, list[str]]
 
 
-def registered_champion(config: Config, download: str) -> tuple[str | None, str]:
-    """The MLflow registry's current champion downloaded into `download` (None when there is none
-    yet), and its name `models:/NAME@champion`."""
-    from components.tracking.registry import CHAMPION_ALIAS, champion_model_dir
-
-    champion = champion_model_dir(config, download)
-    name = f"models:/{config.tracking.registered_model}@{CHAMPION_ALIAS}"
-    logger.info("Champion: %s", champion or f"none registered for {config.tracking.registered_model}")
-    return champion, name
-
-
-def run_evaluate(model: str, data: str, output: str, config: Config, *, champion: str | None = None,
-                 champion_name: str | None = None, overwrite: bool = False) -> EvaluateResult:
-    """Evaluates the SavedModel `model` (and the `champion` SavedModel, if given) on `data` and blesses it.
-
-    `champion_name` says where the champion came from (e.g. models:/NAME@champion); default: its path.
-    """
+def run_evaluate(model: str, data: str, output: str, config: Config, *, champion: Champion | None = None,
+                 overwrite: bool = False) -> EvaluateResult:
+    """Evaluates the SavedModel `model` (and the `champion`'s, if given) on `data` and blesses it."""
     settings = config.evaluate
     model = saved_model_dir(model)
-    champion = saved_model_dir(champion) if champion else None
-    champion_name = (champion_name or champion) if champion else None
+    champion_model = saved_model_dir(champion.model) if champion else None
+    champion_identity = champion.describe(champion_model) if champion else None
+    champion_name = champion_identity["model"] if champion_identity else None
     data_manifest = read_manifest(data, "ingest", "transform")
     _check_slices(settings)
     splits = [s for s in settings.splits if split_files(data, s)]
@@ -100,7 +90,9 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
                 "slices": sliced_metrics(p.label_ids, p.probabilities, p.slices, top_k=settings.top_k)}
         for split, p in predictions.items()
     }
-    champion_metrics = _champion_metrics(champion, data, splits, labels, settings)
+    champion_metrics = _champion_metrics(champion_model, data, splits, labels, settings)
+    misclassified = _misclassified(settings.splits[0], predictions[settings.splits[0]], labels,
+                                   settings.misclassified_examples)
     evaluation = {
         "model": model,
         "data": data,
@@ -109,9 +101,11 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
         "images_per_second": round(images / seconds, 1),
         "labels": labels,
         "splits": candidate,
-        "champion": None if champion_metrics is None else {"model": champion_name, "splits": champion_metrics},
+        "champion": None if champion_metrics is None else {**champion_identity, "splits": champion_metrics},
+        "misclassified": misclassified,
     }
-    blessing = bless(candidate, champion_metrics, settings, champion_name=champion_name)
+    blessing = bless(candidate, champion_metrics, settings,
+                     champion=None if champion_metrics is None else champion_identity)
     logger.info("Evaluated %s on %d images in %.1f s (%.0f images/s): %s; %s", model, images, seconds,
                 images / seconds, {s: m["accuracy"] for s, m in candidate.items()},
                 ("BLESSED" if blessing["blessed"] else "NOT BLESSED") + ": " + "; ".join(blessing["reasons"]))
@@ -120,17 +114,21 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
         write_json(posixpath.join(work_dir, EVALUATION_FILE), evaluation)
         write_json(posixpath.join(work_dir, BLESSING_FILE), blessing)
         _write_predictions(posixpath.join(work_dir, PREDICTIONS_FILE), predictions, labels)
-        figures = {}
+        figures: dict[str, dict[str, bytes]] = {}
         for split, metrics in candidate.items():
             matrix_png = posixpath.join(work_dir, confusion_matrix_file(split))
             report.plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], labels, matrix_png,
                                          title=f"Confusion matrix ({split})")
             calibration_png = posixpath.join(work_dir, calibration_file(split))
             report.plot_calibration(metrics["calibration"], calibration_png, title=f"Calibration ({split})")
+            figures[split] = {}
             for title, path in ((f"Confusion matrix ({split})", matrix_png), (f"Calibration ({split})", calibration_png)):
                 with tf.io.gfile.GFile(path, "rb") as f:
-                    figures[title] = f.read()
-        report.write_report(posixpath.join(work_dir, REPORT_FILE), evaluation, blessing, figures)
+                    figures[split][title] = f.read()
+        images = _record_images(data, misclassified["split"], {m["uri"] for m in misclassified["examples"]},
+                                settings.batch_size)
+        report.write_report(posixpath.join(work_dir, REPORT_FILE), evaluation, blessing, figures,
+                            {uri: report.thumbnail(encoded) for uri, encoded in images.items()})
         write_manifest(work_dir, Manifest(
             stage="evaluate",
             fingerprint=_fingerprint(model, data_manifest.fingerprint, champion_name, config),
@@ -180,6 +178,31 @@ def _predict(serve: Callable[..., dict[str, tf.Tensor]], data: str, split: str, 
                 [size_bucket(h, w) for h, w in zip(batch["image/height"], batch["image/width"])]
                 if name == SIZE_SLICE else [_text(v) for v in batch[name]])
     return _Predictions(uris, np.asarray(label_ids), np.concatenate(probabilities), slices)
+
+
+def _misclassified(split: str, predictions: _Predictions, labels: list[str], count: int) -> dict[str, Any]:
+    """How many of `split` are misclassified, and the `count` most confident mistakes: uri, true label,
+    predicted label and its probability."""
+    chosen = most_confident_mistakes(predictions.label_ids, predictions.probabilities, count) if count else []
+    return {"split": split,
+            "total": int(np.sum(predictions.probabilities.argmax(axis=1) != predictions.label_ids)),
+            "examples": [{"uri": predictions.uris[i], "label": labels[predictions.label_ids[i]],
+                          "predicted": labels[int(predictions.probabilities[i].argmax())],
+                          "confidence": round(float(predictions.probabilities[i].max()), 6)} for i in chosen]}
+
+
+def _record_images(data: str, split: str, uris: set[str], batch_size: int) -> dict[str, bytes]:
+    """The records' image bytes of the given source URIs."""
+    images: dict[str, bytes] = {}
+    if not uris:
+        return images
+    for batch in _batches(data, split, batch_size):
+        for uri, encoded in zip(batch["image/source"].astype(str), batch["image/encoded"]):
+            if uri in uris:
+                images[uri] = bytes(encoded)
+        if len(images) == len(uris):
+            break
+    return images
 
 
 def _text(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 Output directory:
   model/                 the trained Keras model (SavedModel; input: normalised image)
-  training.json          config, transform and dataset fingerprints, strategy, steps, wall time, metrics per epoch
-  training_curves.png    loss and accuracy per epoch
+  training.json          config, transform and dataset fingerprints, strategy, steps, wall time, metrics per epoch,
+                         the epoch whose weights the model holds (restored_epoch)
+  training_curves.png    loss and accuracy per epoch, the restored epoch marked
   history.csv            per-epoch metrics, appended across resumed runs
   logs/                  TensorBoard (scalars, optional histograms, sample training images)
   checkpoints/           the best weights by validation loss (per phase: head, fine-tuned)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import os
 import posixpath
 import time
@@ -139,7 +141,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
             built.model.load_weights(best_weights)
 
     fit("best", settings.epochs, 0)
-    if built.backbone is not None and settings.fine_tune_fraction > 0 and settings.fine_tune_epochs > 0:
+    fine_tuning = built.backbone is not None and settings.fine_tune_fraction > 0 and settings.fine_tune_epochs > 0
+    if fine_tuning:
         unfrozen = unfreeze_top(built.backbone, settings.fine_tune_fraction)
         logger.info("Fine-tuning the top %d backbone layers at learning rate %g, from the best head",
                     unfrozen, settings.fine_tune_learning_rate)
@@ -153,6 +156,10 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     built.model.save(posixpath.join(out, MODEL_DIR))
     history = _read_history(posixpath.join(out, HISTORY_FILE))
     digest = weights_digest(built.model)
+    # The last phase's best checkpoint, counted from where this process (re)started it: ModelCheckpoint's
+    # best value starts afresh in every `fit`.
+    restored = restored_epoch(history, monitor, max(settings.epochs + 1 if fine_tuning else 1,
+                                                    (epoch_log.first_epoch or 0) + 1))
     logger.info("final weights sha256 %s", digest)
     training = {
         "model": settings.model,
@@ -171,12 +178,14 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         "train_images_per_second": round(max(epoch_log.images_per_second or [0]), 1),
         "wall_seconds": round(time.monotonic() - started, 1),
         "epochs": history,
+        "restored_epoch": restored,
+        "restored_by": monitor,
         "final": final,
         "weights_sha256": digest,
     }
     if chief:
         write_json(posixpath.join(out, TRAINING_FILE), training)
-        plot_curves(history, posixpath.join(out, CURVES_FILE))
+        plot_curves(history, posixpath.join(out, CURVES_FILE), restored_epoch=restored, monitor=monitor)
         write_manifest(out, Manifest(
             stage="train",
             fingerprint=fingerprint({"transform": transform.fingerprint, "train": training["config"]}),
@@ -228,20 +237,37 @@ def _read_history(path: str) -> list[dict[str, float]]:
             for e in sorted(rows)]
 
 
-def plot_curves(history: list[dict[str, float]], path: str) -> None:
-    """Loss and accuracy per epoch, training and validation, as a PNG."""
+def restored_epoch(history: list[dict[str, float]], monitor: str, since: int) -> int | None:
+    """The epoch whose weights a phase ends with: the first lowest `monitor` among the epochs numbered
+    `since` or later, as ModelCheckpoint(save_best_only) keeps them; None without such an epoch."""
+    kept = [h for h in history if h["epoch"] >= since and math.isfinite(h.get(monitor, math.nan))]
+    return min(kept, key=lambda h: h[monitor])["epoch"] if kept else None
+
+
+def plot_curves(history: list[dict[str, float]], path: str, *, restored_epoch: int | None = None,
+                monitor: str = "val_loss") -> None:
+    """Loss and accuracy per epoch, training and validation, as a PNG; `restored_epoch` (the weights kept,
+    the lowest `monitor`) marked on both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     epochs = [h["epoch"] for h in history]
+    restored = next((h for h in history if h["epoch"] == restored_epoch), None)
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             if history and prefix + metric in history[0]:
                 axis.plot(epochs, [h[prefix + metric] for h in history], style, label=(prefix or "train_") + metric)
+        if restored is not None:
+            axis.axvline(restored["epoch"], color="#c62828", linestyle=":", linewidth=1.5,
+                         label=f"restored: epoch {restored['epoch']} (lowest {monitor})")
+            if monitor.endswith(metric) and monitor in restored:
+                axis.plot([restored["epoch"]], [restored[monitor]], "o", color="#c62828", markersize=7)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
