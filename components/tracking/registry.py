@@ -23,7 +23,7 @@ from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from components.config import Config
+from components.config import SPLITS, Config
 from components.manifest import read_manifest
 from components.tracking.client import local_copy, mlflow_client, safe_key, safe_tags, search_string
 from components.tracking.datasets import DIGEST_LENGTH
@@ -55,8 +55,8 @@ class ModelVersionInfo:
 def register_model(export_dir: str, config: Config, *, run_id: str, blessed: bool,
                    metrics: Mapping[str, float] = {}, parent_run_id: str | None = None) -> ModelVersionInfo:
     """Logs the exported SavedModel as a pyfunc LoggedModel of run `run_id` and registers it as a new
-    version of `tracking.registered_model` (its source that model), tagged with its lineage and
-    `metrics`. A blessed version gets the alias `champion`; otherwise the alias stays where it was.
+    version of `tracking.registered_model` linked to that model (its source the model's artifacts, its
+    model id and the model's `mlflow.modelVersions` tag), tagged with its lineage and `metrics`. A blessed version gets the alias `champion`; otherwise the alias stays where it was.
 
     The run logs `metrics` (`split.name` keys), `blessed` (1 or 0) and `registered_version` as the
     model's metrics; the pipeline run `parent_run_id` gets them too, the model as its output."""
@@ -133,9 +133,9 @@ def _log_model_metrics(client: mlflow.MlflowClient, run_id: str, model_id: str |
     now = int(time.time() * 1000)
     logged = []
     for key, value in metrics.items():
-        split = key.partition(".")[0] if "." in key else None
+        split = key.partition(".")[0]
         dataset = {"dataset_name": split, "dataset_digest": dataset_fingerprint[:DIGEST_LENGTH]} if (
-            split and dataset_fingerprint) else {}
+            split in SPLITS and dataset_fingerprint) else {}
         logged.append(Metric(safe_key(key), value, now, 0, model_id=model_id, **dataset))
     client.log_batch(run_id, metrics=logged)
 
