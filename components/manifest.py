@@ -1,7 +1,8 @@
 """`manifest.json`: what a stage wrote, from which inputs, with which config, and its fingerprint.
 
 A stage writes its manifest last, so an output directory without one is not finished. Caching,
-lineage and tracking tags all read these same facts.
+lineage and tracking tags all read these same facts; its `started` and `created` times are the span
+of the stage's run in MLflow.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ from components.files import exists, read_json, write_json
 CODE_VERSION_ENV = "CVPIPE_CODE_VERSION"
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+# When the stage making an output began: when its process started (each stage runs in a process of
+# its own, a stage CLI or a pipeline step, which loads this module as it starts), or when the previous
+# output this process wrote was finished.
+_stage_clock = {"started": _now()}
+
+
 @dataclass(frozen=True)
 class Manifest:
     stage: str
@@ -30,8 +41,17 @@ class Manifest:
     inputs: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
+    # When the stage finished the output (it writes its manifest last) and when it started (see
+    # `_stage_clock`; a manifest of an older cvpipe has none, and gets the reading process's).
+    created: str = field(default_factory=_now)
+    started: str = field(default_factory=lambda: _stage_clock["started"])
     code_version: str = field(default_factory=lambda: code_version())
+
+    def span_ms(self) -> tuple[int, int]:
+        """When the stage started and finished, in milliseconds since the epoch (MLflow's unit)."""
+        finished = datetime.datetime.fromisoformat(self.created).timestamp()
+        started = min(datetime.datetime.fromisoformat(self.started).timestamp(), finished)
+        return int(started * 1000), int(finished * 1000)
 
     @property
     def dataset_fingerprint(self) -> str:
@@ -71,7 +91,9 @@ def _first_difference(recorded: Any, wanted: Any, key: str) -> str | None:
 
 
 def write_manifest(directory: str, manifest: Manifest) -> None:
+    """Writes `manifest` into `directory`; the next stage of this process starts now."""
     write_json(posixpath.join(directory, MANIFEST_FILE), asdict(manifest))
+    _stage_clock["started"] = _now()
 
 
 def read_manifest(directory: str, *stages: str) -> Manifest:

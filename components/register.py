@@ -4,7 +4,8 @@
 
 The version is tagged with its lineage, blessing and headline metrics; a blessed version takes the
 alias `champion` (the previous champion keeps its version number), an unblessed one leaves the
-alias where it was. The run is a child of $CVPIPE_MLFLOW_PARENT_RUN_ID when a pipeline set it.
+alias where it was. The run is a child of $CVPIPE_MLFLOW_PARENT_RUN_ID when a pipeline set it, and
+that pipeline run gets the model and its headline metrics too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: 
     run_id = start_run(config, run_name="register", tags={"cvpipe.stage": "register"},
                        parent_run_id=parent_run_id)
     try:
-        info = register_model(model, config, run_id=run_id, blessed=blessing["blessed"], metrics=metrics)
+        info = register_model(model, config, run_id=run_id, blessed=blessing["blessed"], metrics=metrics,
+                              parent_run_id=parent_run_id)
     except BaseException:
         finish_run(run_id, config, status="FAILED")
         raise

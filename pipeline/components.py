@@ -42,10 +42,11 @@ def configure(config: dict, model_name: str, image_size: int, model: str, epochs
 
 
 @component
-def start_run(data_source: str, config: dict, kfp_run_id: str, mlflow_run_id: str
+def start_run(data_source: str, config: dict, kfp_run_id: str, kfp_run_name: str, mlflow_run_id: str
               ) -> NamedTuple("Outputs", [("mlflow_run_id", str), ("data_fingerprint", str)]):
-    """Fingerprints the data's content and opens this pipeline run's MLflow parent run (tagged with both);
-    `mlflow_run_id` is a run reserved for it (by `python -m pipeline retrain`), or empty."""
+    """Fingerprints the data's content and opens this pipeline run's MLflow parent run (tagged with both),
+    named `kfp_run_name` (the KFP job's name, that of its artifact folder); `mlflow_run_id` is a run
+    reserved for it (by `python -m pipeline retrain`), or empty."""
     import collections
 
     from components.ingest.fingerprint import fingerprint_source
@@ -57,7 +58,7 @@ def start_run(data_source: str, config: dict, kfp_run_id: str, mlflow_run_id: st
     source = fingerprint_source(data_source)
     run_id = ""
     if settings.tracking.enabled:
-        run_id = start_pipeline_run(settings, run_name=f"pipeline {kfp_run_id}", run_id=mlflow_run_id, tags={
+        run_id = start_pipeline_run(settings, run_name=kfp_run_name, run_id=mlflow_run_id, tags={
             KFP_RUN_ID_TAG: kfp_run_id, DATA_SOURCE_TAG: source_tag(data_source),
             DATA_FINGERPRINT_TAG: source.sha256, DATA_INPUTS_TAG: str(source.inputs)})
     return collections.namedtuple("Outputs", ["mlflow_run_id", "data_fingerprint"])(run_id, source.sha256)

@@ -131,7 +131,8 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
                 beam_options=beam_options, mlflow_tracking_uri=mlflow_tracking_uri), "configure")
             resolved = settings.outputs["config"]
             start = configure(steps.start_run(data_source=data_source, config=resolved, mlflow_run_id=mlflow_run_id,
-                                              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start-run")
+                                              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                              kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "start-run")
             run_id = start.outputs["mlflow_run_id"]
             ingest = configure(steps.ingest(data_source=data_source, data_fingerprint=start.outputs["data_fingerprint"],
                                             code_fingerprint=code, config=settings.outputs["ingest_config"]), "ingest")

@@ -215,6 +215,10 @@ def test_the_run_is_one_mlflow_parent_run_with_the_kfp_run_id_and_a_child_per_st
     assert tags[DATA_FINGERPRINT_TAG] == fingerprint_source(str(local_runs.images)).sha256
     assert tags[DATA_INPUTS_TAG] == "90"
     assert parent.data.params["train.epochs"] == "4"
+    # Named after the run's artifact folder; the headline metrics of the model it registered.
+    assert parent.info.run_name == Path(run.outputs["train"]).relative_to(local_runs.root / "kfp").parts[0]
+    assert parent.data.metrics["blessed"] == 1 and parent.data.metrics["registered_version"] == 1
+    assert {"test.accuracy", "test.macro_f1"} <= set(parent.data.metrics)
     stages = {child.data.tags.get("cvpipe.stage") for child in child_runs(config, run.mlflow_run_id)}
     assert stages == {*STAGES, "register"}
 

@@ -45,6 +45,13 @@ def test_a_worse_model_is_not_blessed_and_the_champion_stays(tiny_run, tiny_expo
     assert versions["1"].tags["cvpipe.blessed"] == "true" and versions["2"].tags["cvpipe.blessed"] == "false"
     assert float(versions["1"].tags["test.accuracy"]) == good.evaluation["splits"]["test"]["accuracy"]
 
+    # The pipeline run carries the latest registration's headline metrics and both models.
+    pipeline_run = client.get_run(parent)
+    assert pipeline_run.data.metrics["registered_version"] == 2 and pipeline_run.data.metrics["blessed"] == 0
+    assert pipeline_run.data.metrics["test.accuracy"] == worse.evaluation["splits"]["test"]["accuracy"]
+    assert {"test.macro_f1", "valid.accuracy", "valid.macro_f1"} <= set(pipeline_run.data.metrics)
+    assert len(pipeline_run.outputs.model_outputs) == 2
+
     finish_run(parent, config)
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")

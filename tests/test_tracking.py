@@ -24,7 +24,7 @@ from components.evaluate.run import run_evaluate
 from components.export.run import run_export
 from components.ingest.run import run_ingest
 from components.manifest import code_version, read_manifest
-from components.tracking.client import safe_key, tracking_uri
+from components.tracking.client import experiment_id, mlflow_client, safe_key, tracking_uri, ui_url
 from components.tracking.registry import ModelVersionInfo, champion_model_dir, register_model
 from components.tracking.runs import finish_run, log_benchmark, log_stage, stage_runs, start_pipeline_run
 from components.train.run import run_training
@@ -87,6 +87,11 @@ def server_config(uri: str, monkeypatch, registered_model: str = "cvpipe-classif
     return config
 
 
+def dataset_inputs(run: mlflow.entities.Run) -> set[tuple[str, str]]:
+    """The (name, context) of a run's dataset inputs."""
+    return {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for d in run.inputs.dataset_inputs}
+
+
 def artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, path)}
 
@@ -107,7 +112,12 @@ def test_pipeline_run_has_a_child_run_per_stage(outputs, mlflow_server, monkeypa
     assert run.data.params["tracking.experiment"] == "cvpipe"
     found = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert {r.info.run_name: r.info.run_id for r in found} == children
-    assert client.get_experiment(run.info.experiment_id).name == "cvpipe"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "cvpipe" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The parent run has the datasets ingest made, by split: the digest starts the ingest output's fingerprint.
+    ingest_fingerprint = read_manifest(outputs.ingest, "ingest").fingerprint
+    assert dataset_inputs(run) == {("train", "training"), ("valid", "validation"), ("test", "test")}
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {ingest_fingerprint[:12]}
 
     runs = {stage: client.get_run(run_id) for stage, run_id in children.items()}
     for stage, child in runs.items():
@@ -117,7 +127,16 @@ def test_pipeline_run_has_a_child_run_per_stage(outputs, mlflow_server, monkeypa
         assert child.data.tags["cvpipe.fingerprint"] == manifest.fingerprint
         assert child.data.tags["cvpipe.code_version"] == manifest.code_version
         assert "manifest.json" in artifact_paths(client, child.info.run_id)
-    ingest_fingerprint = read_manifest(outputs.ingest, "ingest").fingerprint
+        # The run spans the stage's own run, not the moment it was logged.
+        assert (child.info.start_time, child.info.end_time) == manifest.span_ms()
+        assert child.info.start_time <= child.info.end_time
+    assert runs["train"].info.start_time >= runs["transform"].info.end_time  # each stage started after the last
+    assert {stage: dataset_inputs(r) for stage, r in runs.items()} == {
+        "ingest": {("train", "training"), ("valid", "validation"), ("test", "test")},
+        "transform": set(), "train": {("train", "training"), ("valid", "validation")}, "export": set(),
+        "evaluate": {("test", "test"), ("valid", "validation")}}
+    ingest_source = json.loads(runs["train"].inputs.dataset_inputs[0].dataset.source)
+    assert ingest_source == {"uri": read_manifest(outputs.ingest, "ingest").inputs["images"]}  # ingest logged it first
     # one meaning in every stage: the ingest output's fingerprint
     assert {stage: r.data.tags["cvpipe.dataset_fingerprint"] for stage, r in runs.items()} == {
         stage: ingest_fingerprint for stage in ("ingest", "transform", "train", "export", "evaluate")}
@@ -200,10 +219,11 @@ def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, 
     config = server_config(mlflow_server, monkeypatch, registered_model="classifier-aliases")
     name = config.tracking.registered_model
     assert champion_model_dir(config, str(tmp_path / "none")) is None  # no registered model yet
-    run_id = log_stage("export", outputs.export, config)
+    parent = start_pipeline_run(config, run_name="aliases")
+    run_id = log_stage("export", outputs.export, config, parent_run_id=parent)
 
     first = register_model(outputs.export, config, run_id=run_id, blessed=True,
-                           metrics={"test.accuracy": 0.85})
+                           metrics={"test.accuracy": 0.85}, parent_run_id=parent)
     assert first == ModelVersionInfo(name, 1, f"models:/{name}/1", True)
     second = register_model(outputs.export, config, run_id=run_id, blessed=False)
     assert (second.version, second.champion) == (2, False)
@@ -221,6 +241,17 @@ def test_registered_versions_move_the_champion_alias_only_when_blessed(outputs, 
     models = client.get_run(run_id).outputs.model_outputs  # one LoggedModel per registration
     assert len(models) == 3 and {client.get_logged_model(m.model_id).artifact_location for m in models} == {
         client.get_model_version(name, str(v)).source for v in (1, 2, 3)}
+    model_of_version = {json.loads(client.get_logged_model(m.model_id).tags["mlflow.modelVersions"])[0]["version"]:
+                        m.model_id for m in models}  # each model links to its version
+    assert sorted(model_of_version) == ["1", "2", "3"]
+    # The pipeline run: the first version's model and headline metrics; the model: its metrics, by dataset.
+    pipeline_run = client.get_run(parent)
+    assert [m.model_id for m in pipeline_run.outputs.model_outputs] == [model_of_version["1"]]
+    assert pipeline_run.data.metrics == {"test.accuracy": 0.85, "blessed": 1.0, "registered_version": 1.0}
+    model_metrics = {m.key: m for m in client.get_logged_model(model_of_version["1"]).metrics}
+    assert model_metrics["test.accuracy"].value == 0.85 and model_metrics["test.accuracy"].dataset_name == "test"
+    assert model_metrics["blessed"].value == 1.0 and model_metrics["registered_version"].value == 1.0
+    finish_run(parent, config)
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     predictions = model.predict(pd.DataFrame({"image_bytes": outputs.images * 30}))  # 90 rows: two batches
@@ -254,6 +285,19 @@ def test_a_fresh_process_loads_the_champion_as_pyfunc(outputs, mlflow_server, mo
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] in outputs.labels
+
+
+def test_an_existing_experiment_gets_the_model_training_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    created = client.create_experiment("cvpipe")  # as an older cvpipe made it: no kind
+    config = stage_config()
+    assert experiment_id(mlflow_client(config.tracking), config.tracking) == created
+    assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert ui_url(config.tracking, created) is None  # no UI for a SQLite store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000/")
+    assert ui_url(config.tracking, "3", "abc") == (
+        "http://mlflow.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
 
 
 def test_the_default_local_sqlite_store_tracks_and_registers(outputs, tmp_path, monkeypatch):

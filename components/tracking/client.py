@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 # Metric, param and tag names: MLflow also takes spaces, colons and slashes, but those may read
 # as paths; everything but letters, digits, `_`, `.` and `-` becomes `_`.
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^\w.\-]")
+# The experiment's kind: MLflow 3 opens a `custom_model_development` experiment in its model-training
+# view (runs, metrics, models), not the GenAI view (traces). MLflow 3.17's UI also follows its
+# workflow switch, which a page address sets with `?workflowType=machine_learning` (see `ui_url`).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+MODEL_TRAINING_WORKFLOW = "workflowType=machine_learning"
 
 
 def tracking_uri(settings: TrackingConfig) -> str:
@@ -48,14 +54,16 @@ def mlflow_client(settings: TrackingConfig) -> mlflow.MlflowClient:
 
 
 def experiment_id(client: mlflow.MlflowClient, settings: TrackingConfig) -> str:
-    """The id of `settings.experiment`, created (or restored) if needed. With a local SQLite store its
+    """The id of `settings.experiment`, created (or restored) if needed, of the model-training kind
+    (`EXPERIMENT_KIND_TAG`, set on an existing experiment that lacks it). With a local SQLite store its
     artifacts go next to the database (MLflow's default would be ./mlruns of the current directory)."""
     experiment = client.get_experiment_by_name(settings.experiment)
     if experiment is None:
         database = _sqlite_path(tracking_uri(settings))
         location = (database.parent.resolve() / "mlartifacts" / settings.experiment).as_uri() if database else None
         try:
-            return client.create_experiment(settings.experiment, artifact_location=location)
+            return client.create_experiment(settings.experiment, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as e:  # created meanwhile by another process
             if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
@@ -63,7 +71,19 @@ def experiment_id(client: mlflow.MlflowClient, settings: TrackingConfig) -> str:
     if experiment.lifecycle_stage == "deleted":
         logger.warning("MLflow experiment %r was deleted; restoring it", settings.experiment)
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return experiment.experiment_id
+
+
+def ui_url(settings: TrackingConfig, experiment: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (by id), or of one of its runs, in the model-training view;
+    None when the tracking store is not a server (http or https)."""
+    uri = tracking_uri(settings).rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    page = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{uri}/{page}?{MODEL_TRAINING_WORKFLOW}"
 
 
 def safe_key(name: str) -> str:

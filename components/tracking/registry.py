@@ -1,27 +1,32 @@
 """The model registry: exported SavedModels as versions of `tracking.registered_model`, and its champion.
 
-A version is the export logged as a pyfunc model (`pyfunc_model.ImageClassifier`) of a run, tagged
-with its lineage; a blessed version takes the alias `champion`.
+A version is the export logged as a pyfunc LoggedModel (`pyfunc_model.ImageClassifier`) of a run,
+tagged with its lineage, with the evaluation's headline metrics; a blessed version takes the alias
+`champion`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
 import mlflow
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from components.config import Config
+from components.config import SPLITS, Config
 from components.manifest import read_manifest
-from components.tracking.client import local_copy, mlflow_client, safe_tags, search_string
+from components.tracking.client import local_copy, mlflow_client, safe_key, safe_tags, search_string
+from components.tracking.datasets import DIGEST_LENGTH
 from components.tracking.pyfunc_model import SAVED_MODEL_ARTIFACT, ImageClassifier
 
 logger = logging.getLogger(__name__)
@@ -31,6 +36,8 @@ CHAMPION_ALIAS = "champion"
 EXPORT_VERSION_TAG = "cvpipe.export_version"
 # Name of the LoggedModel inside its run.
 MODEL_NAME = "model"
+# Metrics of a registration besides the evaluation's: whether it was blessed (1 or 0), its version.
+BLESSED_METRIC, VERSION_METRIC = "blessed", "registered_version"
 # Packages of the pyfunc model's environment, pinned to the installed versions (never inferred).
 MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "pandas", "numpy")
 
@@ -46,10 +53,13 @@ class ModelVersionInfo:
 
 
 def register_model(export_dir: str, config: Config, *, run_id: str, blessed: bool,
-                   metrics: Mapping[str, float] = {}) -> ModelVersionInfo:
-    """Logs the exported SavedModel as a pyfunc model of run `run_id` and registers it as a new version
-    of `tracking.registered_model`, tagged with its lineage and `metrics`. A blessed version gets the
-    alias `champion`; otherwise the alias stays where it was."""
+                   metrics: Mapping[str, float] = {}, parent_run_id: str | None = None) -> ModelVersionInfo:
+    """Logs the exported SavedModel as a pyfunc LoggedModel of run `run_id` and registers it as a new
+    version of `tracking.registered_model` linked to that model (its source the model's artifacts, its
+    model id and the model's `mlflow.modelVersions` tag), tagged with its lineage and `metrics`. A blessed version gets the alias `champion`; otherwise the alias stays where it was.
+
+    The run logs `metrics` (`split.name` keys), `blessed` (1 or 0) and `registered_version` as the
+    model's metrics; the pipeline run `parent_run_id` gets them too, the model as its output."""
     export_dir = export_dir.rstrip("/")
     manifest = read_manifest(export_dir, "export")
     settings = config.tracking
@@ -73,7 +83,8 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    for run in (run_id, parent_run_id) if parent_run_id else (run_id,):
+        client.log_outputs(run, [LoggedModelOutput(model.model_id, step=0)])
 
     try:
         client.create_registered_model(settings.registered_model)
@@ -94,8 +105,15 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
     # ./mlflow.db).
     version = client.create_model_version(settings.registered_model, model.artifact_location, run_id=run_id,
                                           tags=safe_tags(tags), model_id=model.model_id)
+    # The model's link to its version, as mlflow.register_model records it (and the UI shows it).
+    client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [{"name": version.name, "version": str(version.version)}])})
     if blessed:
         client.set_registered_model_alias(settings.registered_model, CHAMPION_ALIAS, version.version)
+    headline = {**metrics, BLESSED_METRIC: float(blessed), VERSION_METRIC: float(version.version)}
+    _log_model_metrics(client, run_id, model.model_id, headline, manifest.dataset_fingerprint)
+    if parent_run_id:
+        _log_model_metrics(client, parent_run_id, None, headline, manifest.dataset_fingerprint)
     info = ModelVersionInfo(settings.registered_model, int(version.version),
                             f"models:/{settings.registered_model}/{version.version}", blessed)
     if info.version != manifest.outputs["version"]:
@@ -106,6 +124,20 @@ def register_model(export_dir: str, config: Config, *, run_id: str, blessed: boo
     logger.info("Registered %s from %s (run %s)%s", info.uri, export_dir, run_id,
                 f"; it is the {CHAMPION_ALIAS}" if blessed else "; not blessed, the champion is unchanged")
     return info
+
+
+def _log_model_metrics(client: mlflow.MlflowClient, run_id: str, model_id: str | None,
+                       metrics: Mapping[str, float], dataset_fingerprint: str) -> None:
+    """`metrics` at step 0 of run `run_id`, of the LoggedModel `model_id` when given; a `split.name`
+    metric is linked to that split's dataset (`datasets.split_inputs`)."""
+    now = int(time.time() * 1000)
+    logged = []
+    for key, value in metrics.items():
+        split = key.partition(".")[0]
+        dataset = {"dataset_name": split, "dataset_digest": dataset_fingerprint[:DIGEST_LENGTH]} if (
+            split in SPLITS and dataset_fingerprint) else {}
+        logged.append(Metric(safe_key(key), value, now, 0, model_id=model_id, **dataset))
+    client.log_batch(run_id, metrics=logged)
 
 
 def latest_version(config: Config) -> int:

@@ -1,7 +1,9 @@
 """Runs in the tracking store: pipeline runs (the parent runs), their stage runs, benchmark runs.
 
-A pipeline run holds the whole configuration as params; each finished stage output is logged as
-a child run named after its stage, with what its stage declares (`stage_log.StageLog`).
+A pipeline run holds the whole configuration as params, the datasets it ran on and, once registered,
+its model and headline metrics (`registry.register_model`); each finished stage output is logged as
+a child run named after its stage, spanning the stage's run, with what its stage declares
+(`stage_log.StageLog`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from components.artifacts import MANIFEST_FILE
 from components.manifest import code_version, read_manifest
 from components.tracking import stages
 from components.tracking.client import (config_params, experiment_id, local_copy, mlflow_client, safe_key,
-                                        safe_tags, search_string, tracking_uri)
+                                        safe_tags, search_string, tracking_uri, ui_url)
+from components.tracking.datasets import stage_inputs
 from components.tracking.stage_log import numbers
 
 if TYPE_CHECKING:
@@ -57,7 +60,8 @@ def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Map
         run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
     client.log_batch(run_id, params=config_params(config.to_dict()))
     logger.info("Started MLflow pipeline run %s in experiment %r at %s", run_id, config.tracking.experiment,
-                tracking_uri(config.tracking))
+                ui_url(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
+                or tracking_uri(config.tracking))
     return run_id
 
 
@@ -113,14 +117,17 @@ def finish_run(run_id: str, config: Config, *, status: str = "FINISHED", if_runn
     if if_running and client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
         return
     client.set_terminated(run_id, status)
-    logger.info("Ended MLflow run %s: %s", run_id, status)
+    page = ui_url(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
+    logger.info("Ended MLflow run %s: %s%s", run_id, status, f" ({page})" if page else "")
 
 
 def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | None = None,
               location: str | None = None) -> str:
     """Logs a finished stage output as a run named after the stage (a child of `parent_run_id` when
-    given): params from its manifest's config, metrics, documents and artifacts as its stage
-    declares them (`stages`). `location` is where the output lives for good when `output` is a local
+    given) spanning the stage's start and finish (its manifest's `span_ms`): params from its
+    manifest's config, metrics, documents and artifacts as its stage declares them (`stages`), the
+    splits it was made from as dataset inputs (`datasets.stage_inputs`; those of ingest on the parent
+    run too). `location` is where the output lives for good when `output` is a local
     copy (a pipeline step's artifact URI). Returns the run id."""
     tracked_outputs = stages.tracked_outputs(stage)
     output = output.rstrip("/")
@@ -138,10 +145,15 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
         tags["mlflow.parentRunId"] = parent_run_id
 
     client = mlflow_client(config.tracking)
-    run_id = client.create_run(experiment_id(client, config.tracking), run_name=stage, tags=safe_tags(tags)).info.run_id
+    started, finished = manifest.span_ms()
+    run_id = client.create_run(experiment_id(client, config.tracking), start_time=started, run_name=stage,
+                               tags=safe_tags(tags)).info.run_id
     try:
         metrics = _metrics(log.metrics, log.history)
         client.log_batch(run_id, metrics=metrics, params=config_params(manifest.config))
+        datasets = stage_inputs(stage, manifest)
+        for run in (run_id, parent_run_id) if stage == "ingest" and parent_run_id else (run_id,):
+            client.log_inputs(run, datasets=datasets)
         for name, document in log.documents.items():
             client.log_dict(run_id, document, name)
         with tempfile.TemporaryDirectory() as scratch:
@@ -152,9 +164,9 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
                 else:
                     client.log_artifact(run_id, local)
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, "FAILED", end_time=finished)
         raise
-    client.set_terminated(run_id)
+    client.set_terminated(run_id, end_time=finished)
     logger.info("Logged %s output %s to MLflow run %s: %d metric values%s", stage, output, run_id, len(metrics),
                 f" (parent {parent_run_id})" if parent_run_id else "")
     return run_id
