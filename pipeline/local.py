@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, TextIO
 
 from components.config import Config
+from components.tracking.client import UiPage
 from components.tracking.registry import ModelVersionInfo
 from pipeline.definition import PlatformOptions, build_pipeline
 
@@ -31,8 +32,6 @@ _PROGRESS = re.compile(r"Executing task|finished with status|cache hit|^\s*[\d-]
                        r"|ERROR )|Traceback|^\s*\w+(Error|Exception): ")
 # Terminal colour and cursor codes (kfp.local colours its step lines): kept on the terminal, not in the log file.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# The address `make mlflow-ui` serves a local store's UI at.
-LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 # kfp.local's warnings that every step of a cluster pipeline triggers locally.
 _LOCAL_NOOP_WARNINGS = (r"Task .* have no effect in the current local runner", r"You may be attemping to run")
 
@@ -48,7 +47,7 @@ class RunSummary:
     pipeline_root: str
     tracking_uri: str
     mlflow_run_id: str | None
-    mlflow_experiment_id: str | None = None
+    mlflow_run_page: UiPage | None = None  # the run's page in the MLflow UI
     files: dict[str, str] = field(default_factory=dict)  # what a user opens after the run -> its path
     outputs: dict[str, str] = field(default_factory=dict)  # stage -> output directory
     blessing: dict[str, Any] | None = None
@@ -58,19 +57,11 @@ class RunSummary:
     served: dict[str, int] = field(default_factory=dict)  # label -> version
     batch_summary: dict[str, Any] | None = None
 
-    def mlflow_run_page(self) -> str | None:
-        """The parent run's page in the MLflow UI: the tracking server's, or `make mlflow-ui`'s for a local store."""
-        if not self.mlflow_run_id or self.mlflow_experiment_id is None:
-            return None
-        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI
-        return f"{base}/#/experiments/{self.mlflow_experiment_id}/runs/{self.mlflow_run_id}"
-
     def __str__(self) -> str:
         lines = [f"Pipeline run: artifacts under {self.pipeline_root}"]
         if self.mlflow_run_id:
-            local = not self.tracking_uri.startswith(("http://", "https://"))
-            lines.append(f"MLflow run {self.mlflow_run_id} at {self.tracking_uri}: {self.mlflow_run_page()}"
-                         + (" (after make mlflow-ui)" if local else ""))
+            lines.append(f"MLflow run {self.mlflow_run_id} at {self.tracking_uri}"
+                         + (f": {self.mlflow_run_page}" if self.mlflow_run_page else ""))
         for stage, output in self.outputs.items():
             lines.append(f"  {stage:<14} {output}")
         if self.files:
@@ -152,7 +143,7 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     from components.artifacts import BLESSING_FILE, SUMMARY_FILE
     from components.deploy import model_config
     from components.files import read_json
-    from components.tracking.client import mlflow_client, tracking_uri
+    from components.tracking.client import mlflow_client, tracking_uri, ui_page
     from components.tracking.registry import registered_versions
     from components.tracking.runs import child_runs, pipeline_runs
     from pipeline.parameters import CONFIG_KEYS, resolve_config
@@ -191,10 +182,10 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     versions = registered_versions(config, register_run) if register_run else []
     order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
     outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
-    experiment = mlflow_client(settings).get_run(run_id).info.experiment_id
+    page = ui_page(settings, mlflow_client(settings).get_run(run_id).info.experiment_id, run_id)
     files = {**_files_to_open(outputs, config), **summary["files"]}
     return RunSummary(**{**summary, "mlflow_run_id": run_id, "files": files}, outputs=outputs, blessing=blessing,
-                      model_versions=versions, batch_summary=batch, mlflow_experiment_id=experiment)
+                      model_versions=versions, batch_summary=batch, mlflow_run_page=page)
 
 
 def _files_to_open(outputs: Mapping[str, str], config: Config) -> dict[str, str]:

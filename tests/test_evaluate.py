@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.evaluate.champion import Champion, run_page
+from components.evaluate.champion import Champion
 from components.evaluate.run import run_evaluate
 from conftest import make_config
 
@@ -87,15 +87,6 @@ def test_the_report_lists_sizes_in_numeric_order_and_shows_the_mistakes(evaluate
     assert misclassified["examples"][0]["predicted"] == labels[probabilities[wrong[0]].argmax()]
     html = Path(evaluated.output, "evaluation.html").read_text()
     assert html.count("data:image/jpeg;base64,") == len(wrong)
-
-
-def test_run_page_of_a_champion_in_the_mlflow_ui():
-    assert run_page("https://mlflow.example/", "4", "r1") == ("https://mlflow.example/#/experiments/4/runs/r1", None)
-    assert run_page("sqlite:///runs/mlflow.db", "1", "r2") == ("http://127.0.0.1:5000/#/experiments/1/runs/r2",
-                                                             "make mlflow-ui")
-    assert run_page("sqlite:////tmp/x.db", "1", "r2")[1] == ("mlflow server --backend-store-uri sqlite:////tmp/x.db "
-                                                           "--host 127.0.0.1 --port 5000")
-    assert run_page("file:///tmp/mlruns", "1", "r3") == (None, None)
 
 
 def test_thresholds_refuse_with_reasons(tiny_run, tiny_export, tmp_path):

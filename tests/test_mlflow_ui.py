@@ -13,7 +13,7 @@ from browser import browser, open_page  # noqa: F401
 from components.evaluate.run import run_evaluate
 from components.manifest import read_manifest
 from components.register import run_register
-from components.tracking.client import ui_url
+from components.tracking.client import ui_page
 from components.tracking.datasets import DIGEST_LENGTH
 from components.tracking.registry import ModelVersionInfo
 from components.tracking.runs import finish_run, log_stage, start_pipeline_run
@@ -30,7 +30,7 @@ RENDER_TIMEOUT_MS = 60_000
 
 @dataclass(frozen=True)
 class Tracked:
-    experiment_page: str  # the addresses cvpipe logs (components.tracking.client.ui_url)
+    experiment_page: str  # the addresses cvpipe logs (components.tracking.client.ui_page)
     run_page: str
     version: ModelVersionInfo
     dataset_digest: str
@@ -52,7 +52,7 @@ def tracked(mlflow_server, tiny_run, tiny_export, tmp_path_factory) -> Tracked:
         version = run_register(tiny_export, evaluation.output, config, parent_run_id=parent)
         finish_run(parent, config)
         experiment = mlflow.MlflowClient(mlflow_server).get_run(parent).info.experiment_id
-        return Tracked(ui_url(config.tracking, experiment), ui_url(config.tracking, experiment, parent), version,
+        return Tracked(ui_page(config.tracking, experiment).url, ui_page(config.tracking, experiment, parent).url, version,
                        read_manifest(tiny_run.ingest, "ingest").fingerprint[:DIGEST_LENGTH])
 
 

@@ -201,7 +201,7 @@ def test_the_summary_names_the_files_to_open_as_clickable_paths_and_the_mlflow_r
     for path in run.files.values():
         assert Path(path).as_uri() in text
     assert run.files["whole log"] == str(local_runs.root / "blessed.log")
-    assert run.mlflow_run_page().endswith(f"/runs/{run.mlflow_run_id}") and run.mlflow_run_page() in text
+    assert f"/runs/{run.mlflow_run_id}?" in run.mlflow_run_page.url and str(run.mlflow_run_page) in text
     assert "\x1b[" not in (local_runs.root / "blessed.log").read_text(), "the log file has no terminal colour codes"
 
 

@@ -24,7 +24,7 @@ from components.evaluate.run import run_evaluate
 from components.export.run import run_export
 from components.ingest.run import run_ingest
 from components.manifest import code_version, read_manifest
-from components.tracking.client import experiment_id, mlflow_client, safe_key, tracking_uri, ui_url
+from components.tracking.client import UiPage, experiment_id, mlflow_client, safe_key, tracking_uri, ui_page
 from components.tracking.registry import ModelVersionInfo, champion_model_dir, register_model
 from components.tracking.runs import finish_run, log_benchmark, log_stage, stage_runs, start_pipeline_run
 from components.train.run import run_training
@@ -294,10 +294,17 @@ def test_an_existing_experiment_gets_the_model_training_kind(tmp_path, monkeypat
     config = stage_config()
     assert experiment_id(mlflow_client(config.tracking), config.tracking) == created
     assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
-    assert ui_url(config.tracking, created) is None  # no UI for a SQLite store
+    local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert ui_page(config.tracking, created) == UiPage(  # a SQLite store's UI is started first
+        f"http://127.0.0.1:5000/#/experiments/{created}?workflowType=machine_learning",
+        f"mlflow server --backend-store-uri {local} --host 127.0.0.1 --port 5000")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000/")
-    assert ui_url(config.tracking, "3", "abc") == (
+    assert ui_page(config.tracking, "3", "abc") == UiPage(
         "http://mlflow.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/mlflow.db")
+    assert ui_page(config.tracking, "1").start_command == "make mlflow-ui"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    assert ui_page(config.tracking, "1") is None
 
 
 def test_the_default_local_sqlite_store_tracks_and_registers(outputs, tmp_path, monkeypatch):

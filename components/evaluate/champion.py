@@ -10,14 +10,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import Config, TrackingConfig
+from components.config import Config
 
 logger = logging.getLogger(__name__)
-
-# The MLflow UI of a local SQLite store, as `make mlflow-ui` serves it.
-LOCAL_UI = "http://127.0.0.1:5000"
-LOCAL_UI_COMMAND = "make mlflow-ui"
-
 
 @dataclass(frozen=True)
 class Champion:
@@ -39,7 +34,7 @@ class Champion:
 def registered_champion(config: Config, download: str) -> Champion | None:
     """The MLflow registry's current champion `models:/NAME@champion`, downloaded into `download`;
     None when there is none yet."""
-    from components.tracking.client import mlflow_client, tracking_uri
+    from components.tracking.client import mlflow_client, ui_page
     from components.tracking.registry import CHAMPION_ALIAS, champion_model_dir, champion_version
 
     settings = config.tracking
@@ -52,21 +47,9 @@ def registered_champion(config: Config, download: str) -> Champion | None:
     run_url, ui_command = None, None
     if version.run_id:
         experiment = mlflow_client(settings).get_run(version.run_id).info.experiment_id
-        run_url, ui_command = run_page(tracking_uri(settings), experiment, version.run_id)
+        page = ui_page(settings, experiment, version.run_id)
+        run_url, ui_command = (page.url, page.start_command) if page else (None, None)
     champion = Champion(model, name, int(version.version), version.run_id or None, run_url, ui_command)
     logger.info("Champion: %s version %d (run %s)", name, champion.version, champion.run_id)
     return champion
 
-
-def run_page(uri: str, experiment_id: str, run_id: str) -> tuple[str | None, str | None]:
-    """(The run's page in the MLflow UI, the command that serves that UI first): a tracking server's own
-    page; for a SQLite store the local UI's, started by `make mlflow-ui` (the default store) or
-    `mlflow server` on it; (None, None) for other stores."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}", None
-    if uri.startswith("sqlite:"):
-        command = (LOCAL_UI_COMMAND if uri == TrackingConfig().tracking_uri
-                   else f"mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-        return f"{LOCAL_UI}/{page}", command
-    return None, None

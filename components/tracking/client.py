@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ _UNSAFE_KEY_CHARACTERS = re.compile(r"[^\w.\-]")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 MODEL_TRAINING_WORKFLOW = "workflowType=machine_learning"
+# The UI of a local SQLite store, as `make mlflow-ui` serves the default one (runs/mlflow.db).
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def tracking_uri(settings: TrackingConfig) -> str:
@@ -76,14 +79,30 @@ def experiment_id(client: mlflow.MlflowClient, settings: TrackingConfig) -> str:
     return experiment.experiment_id
 
 
-def ui_url(settings: TrackingConfig, experiment: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI page of an experiment (by id), or of one of its runs, in the model-training view;
-    None when the tracking store is not a server (http or https)."""
+@dataclass(frozen=True)
+class UiPage:
+    """A page of the MLflow UI, and for a local store the command that serves that UI first."""
+
+    url: str
+    start_command: str | None = None
+
+    def __str__(self) -> str:
+        return self.url + (f" (start the UI first: {self.start_command})" if self.start_command else "")
+
+
+def ui_page(settings: TrackingConfig, experiment: str, run_id: str | None = None) -> UiPage | None:
+    """The MLflow UI page of an experiment (by id), or of one of its runs, in the model-training view: the
+    tracking server's, or for a SQLite store the local UI's (`make mlflow-ui` for the default store,
+    `mlflow server` on another); None for other stores."""
     uri = tracking_uri(settings).rstrip("/")
-    if not uri.startswith(("http://", "https://")):
-        return None
-    page = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
-    return f"{uri}/{page}?{MODEL_TRAINING_WORKFLOW}"
+    page = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "") + f"?{MODEL_TRAINING_WORKFLOW}"
+    if uri.startswith(("http://", "https://")):
+        return UiPage(f"{uri}/{page}")
+    if uri.startswith("sqlite:"):
+        command = ("make mlflow-ui" if uri == TrackingConfig().tracking_uri
+                   else f"mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        return UiPage(f"{LOCAL_UI}/{page}", command)
+    return None
 
 
 def safe_key(name: str) -> str:

@@ -25,7 +25,7 @@ from components.artifacts import MANIFEST_FILE
 from components.manifest import code_version, read_manifest
 from components.tracking import stages
 from components.tracking.client import (config_params, experiment_id, local_copy, mlflow_client, safe_key,
-                                        safe_tags, search_string, tracking_uri, ui_url)
+                                        safe_tags, search_string, tracking_uri, ui_page)
 from components.tracking.datasets import stage_inputs
 from components.tracking.stage_log import numbers
 
@@ -60,7 +60,7 @@ def start_pipeline_run(config: Config, *, run_name: str | None = None, tags: Map
         run_id = start_run(config, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND, **tags})
     client.log_batch(run_id, params=config_params(config.to_dict()))
     logger.info("Started MLflow pipeline run %s in experiment %r at %s", run_id, config.tracking.experiment,
-                ui_url(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
+                ui_page(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
                 or tracking_uri(config.tracking))
     return run_id
 
@@ -117,7 +117,7 @@ def finish_run(run_id: str, config: Config, *, status: str = "FINISHED", if_runn
     if if_running and client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
         return
     client.set_terminated(run_id, status)
-    page = ui_url(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
+    page = ui_page(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
     logger.info("Ended MLflow run %s: %s%s", run_id, status, f" ({page})" if page else "")
 
 
