@@ -37,7 +37,7 @@ from components.manifest import Manifest, read_manifest, write_manifest
 from components.normalisation import scaled_from_normalised
 from components.train.distribute import barrier, cluster_workers, is_chief, make_strategy, worker_output_dir
 from components.train.inputs import count_examples, make_dataset
-from components.train.models import build_model, unfreeze_top
+from components.train.models import AUGMENTATION, build_model, unfreeze_top
 
 logger = logging.getLogger(__name__)
 
@@ -253,11 +253,13 @@ def plot_curves(history: list[dict[str, float]], path: str) -> None:
 
 def _write_sample_images(out: str, data: tf.data.Dataset, model: keras.Model, settings: TrainConfig,
                          stats: TransformStats) -> None:
-    """A few augmented training images in TensorBoard, mapped back to pixels."""
+    """A few augmented training images (as they are without augmentation) in TensorBoard, mapped back to pixels."""
     if not settings.tensorboard_images:
         return
     images, _ = next(iter(data))
-    augmented = model.get_layer("augmentation")(images[: settings.tensorboard_images], training=True)
-    pixels = tf.clip_by_value(scaled_from_normalised(augmented, stats.channel_mean, stats.channel_std), 0.0, 1.0)
+    images = images[: settings.tensorboard_images]
+    if any(layer.name == AUGMENTATION for layer in model.layers):
+        images = model.get_layer(AUGMENTATION)(images, training=True)
+    pixels = tf.clip_by_value(scaled_from_normalised(images, stats.channel_mean, stats.channel_std), 0.0, 1.0)
     with tf.summary.create_file_writer(os.path.join(out, "logs", "samples")).as_default():
         tf.summary.image("augmented_training_images", pixels, step=0, max_outputs=settings.tensorboard_images)
