@@ -80,6 +80,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         tf.io.gfile.rmtree(output)
     started = time.monotonic()
     strategy = make_strategy(settings.distribute)  # first: collective ops are set up before any other op
+    if settings.deterministic:  # TensorFlow has no public switch back: it stays on for the process
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(settings.seed)
     transform = read_manifest(transform_dir, "transform")
     transform_stats = TransformStats.read(transform_dir)
@@ -93,7 +95,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     train_examples = count_examples(transform_dir, "train")
     steps_per_epoch = max(1, (settings.num_training_examples or train_examples) // global_batch)
     train_data = make_dataset(transform_dir, "train", global_batch, training=True, seed=settings.seed,
-                              cache=settings.cache, shuffle_buffer=settings.shuffle_buffer)
+                              cache=settings.cache, shuffle_buffer=settings.shuffle_buffer,
+                              deterministic=settings.deterministic)
     has_valid = count_examples(transform_dir, "valid") > 0
     valid_data = make_dataset(transform_dir, "valid", global_batch, training=False) if has_valid else None
     logger.info("Training %s on %d images (%d steps of %d per epoch, %d epochs) from %s",
