@@ -157,6 +157,10 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 42
+    # Same data, configuration and seed give the same weights: TensorFlow op determinism (it then
+    # stays on for the process) and the training input in a fixed order. No measurable cost: small_cnn,
+    # 800 demo images at 64x64, best of interleaved runs 79 images/s on, 74 off (2 shared cores).
+    deterministic: bool = True
     distribute: str = "auto"
     early_stopping_patience: int = 10  # the demo data plateaus for ~8 epochs before it drops
     # Also checkpoint every N steps for resuming (0: at the end of every epoch only).

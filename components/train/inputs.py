@@ -4,7 +4,9 @@ The records hold SxS PNGs (components.transform); the tf.transform layer, the ve
 serves the model, decodes and normalises them. As in the book's input pipeline: shards are
 read with parallel interleave, parsed and transformed in parallel (vectorised over blocks of
 records), optionally cached in memory after the transform, shuffled, batched and prefetched.
-Training repeats the data, so virtual epochs (`num_training_examples`) work.
+Training repeats the data, so virtual epochs (`num_training_examples`) work. Shuffles are
+seeded; a deterministic training pipeline also keeps the order of its parallel reads and maps,
+so the same seed gives the same batches.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ def make_dataset(
     seed: int = 0,
     cache: bool = True,
     shuffle_buffer: int = 4096,
+    deterministic: bool = True,
 ) -> tf.data.Dataset:
     """Batches of `(image float32 [B, S, S, 3], label int64 [B])` for one split.
 
-    Training batches are shuffled and repeat forever (size epochs with `steps_per_epoch`);
-    evaluation batches pass over the split once, in order.
+    Training batches are shuffled by `seed` and repeat forever (size epochs with `steps_per_epoch`);
+    evaluation batches pass over the split once, in order. `deterministic=False` lets training's
+    parallel reads and maps deliver out of order (faster when one is slow, a different order each run).
     """
+    ordered = deterministic or not training
     files = split_files(transform_dir, split)
     if not files:
         raise ValueError(f"{transform_dir} has no {split} records")
@@ -48,7 +53,7 @@ def make_dataset(
         lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
         cycle_length=min(len(files), 8),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
+        deterministic=ordered,
     )
 
     def transform(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -57,7 +62,7 @@ def make_dataset(
 
     dataset = (
         dataset.batch(_TRANSFORM_BLOCK)
-        .map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+        .map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
         .unbatch()
     )
     if cache:

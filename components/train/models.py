@@ -100,8 +100,15 @@ class BuiltModel:
     backbone: keras.Model | None
 
 
-def augmentation(config: AugmentConfig, image_size: int, seed: int) -> keras.Sequential:
-    """Augmentation layers, active only in training (Keras layers are identities at inference)."""
+AUGMENTATION = "augmentation"  # the name of the augmentation block in the model
+
+
+def augmentation(config: AugmentConfig, image_size: int, seed: int) -> keras.Sequential | None:
+    """Augmentation layers, active only in training (Keras layers are identities at inference).
+
+    None when every switch is off: tf_keras cannot load a saved model holding an empty
+    Sequential (its loader reads the block's first layer).
+    """
     layers = []
     if config.crop_ratio < 1:
         side = max(8, round(image_size * config.crop_ratio))
@@ -117,7 +124,7 @@ def augmentation(config: AugmentConfig, image_size: int, seed: int) -> keras.Seq
     if config.color:
         layers += [keras.layers.RandomBrightness(0.2, value_range=(-3.0, 3.0), seed=seed),
                    keras.layers.RandomContrast(0.2, seed=seed)]
-    return keras.Sequential(layers, name="augmentation")
+    return keras.Sequential(layers, name=AUGMENTATION) if layers else None
 
 
 def build_model(
@@ -125,7 +132,8 @@ def build_model(
 ) -> BuiltModel:
     """The model named by `config.model` for `num_classes` classes of `image_size` images."""
     inputs = keras.Input([image_size, image_size, 3], name="image")
-    x = augmentation(config.augment, image_size, config.seed)(inputs)
+    block = augmentation(config.augment, image_size, config.seed)
+    x = inputs if block is None else block(inputs)
     regularizer = keras.regularizers.L1L2(l1=config.l1, l2=config.l2)
     backbone = None
     if config.model == "small_cnn":

@@ -39,7 +39,7 @@ from components.manifest import Manifest, read_manifest, write_manifest
 from components.normalisation import scaled_from_normalised
 from components.train.distribute import barrier, cluster_workers, is_chief, make_strategy, worker_output_dir
 from components.train.inputs import count_examples, make_dataset
-from components.train.models import build_model, unfreeze_top
+from components.train.models import AUGMENTATION, build_model, unfreeze_top
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         tf.io.gfile.rmtree(output)
     started = time.monotonic()
     strategy = make_strategy(settings.distribute)  # first: collective ops are set up before any other op
+    if settings.deterministic:  # TensorFlow has no public switch back: it stays on for the process
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(settings.seed)
     transform = read_manifest(transform_dir, "transform")
     transform_stats = TransformStats.read(transform_dir)
@@ -95,7 +97,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     train_examples = count_examples(transform_dir, "train")
     steps_per_epoch = max(1, (settings.num_training_examples or train_examples) // global_batch)
     train_data = make_dataset(transform_dir, "train", global_batch, training=True, seed=settings.seed,
-                              cache=settings.cache, shuffle_buffer=settings.shuffle_buffer)
+                              cache=settings.cache, shuffle_buffer=settings.shuffle_buffer,
+                              deterministic=settings.deterministic)
     has_valid = count_examples(transform_dir, "valid") > 0
     valid_data = make_dataset(transform_dir, "valid", global_batch, training=False) if has_valid else None
     logger.info("Training %s on %d images (%d steps of %d per epoch, %d epochs) from %s",
@@ -279,11 +282,13 @@ def plot_curves(history: list[dict[str, float]], path: str, *, restored_epoch: i
 
 def _write_sample_images(out: str, data: tf.data.Dataset, model: keras.Model, settings: TrainConfig,
                          stats: TransformStats) -> None:
-    """A few augmented training images in TensorBoard, mapped back to pixels."""
+    """A few augmented training images (as they are without augmentation) in TensorBoard, mapped back to pixels."""
     if not settings.tensorboard_images:
         return
     images, _ = next(iter(data))
-    augmented = model.get_layer("augmentation")(images[: settings.tensorboard_images], training=True)
-    pixels = tf.clip_by_value(scaled_from_normalised(augmented, stats.channel_mean, stats.channel_std), 0.0, 1.0)
+    images = images[: settings.tensorboard_images]
+    if any(layer.name == AUGMENTATION for layer in model.layers):
+        images = model.get_layer(AUGMENTATION)(images, training=True)
+    pixels = tf.clip_by_value(scaled_from_normalised(images, stats.channel_mean, stats.channel_std), 0.0, 1.0)
     with tf.summary.create_file_writer(os.path.join(out, "logs", "samples")).as_default():
         tf.summary.image("augmented_training_images", pixels, step=0, max_outputs=settings.tensorboard_images)
