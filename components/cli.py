@@ -86,9 +86,9 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def require_path(parser: argparse.ArgumentParser, path: str, flag: str, expected: str) -> None:
-    """Exits with a usage error when `path` (a local path; remote URIs such as gs://... are not checked
-    here) does not exist; the message names the flag, the path and what it should be."""
-    if "://" not in path and not os.path.exists(path):
+    """Exits with a usage error when `path` (a local path; remote URIs such as gs://... and globs are not
+    checked here) does not exist; the message names the flag, the path and what it should be."""
+    if "://" not in path and not any(c in path for c in "*?[") and not os.path.exists(path):
         usage_error(parser, f"{flag} {path} does not exist; expected {expected}")
 
 
