@@ -4,9 +4,9 @@ TensorFlow's C++ start-up lines dropped.
 TensorFlow's native libraries log through absl before absl's logging is initialised, straight to file
 descriptor 2, and ignore TF_CPP_MIN_LOG_LEVEL for those lines (`WARNING: All log messages before
 absl::InitializeLog() ...`, `cudart_stub.cc:31] Could not find cuda drivers ...`, then `failed call to
-cuInit` when the devices are first listed). `quiet_tensorflow_start()` imports TensorFlow (whoever imports it
-first) and lists its devices with file descriptor 2 captured, drops the known start-up lines and writes
-everything else back, so real errors are kept.
+cuInit` when the devices are first listed). `quiet_tensorflow_start()` makes the process's first import of
+TensorFlow (whoever imports it) run with file descriptor 2 captured (and, on a machine without a CUDA driver,
+list the GPUs then), drops the known start-up lines and writes everything else back: real errors are kept.
 """
 
 from __future__ import annotations
@@ -106,29 +106,34 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_quietly(module: types.ModuleType) -> None:
-            with _filtered_stderr():
+            with _FilteredStderr() as captured:
                 exec_module(module)
-                module.config.list_physical_devices("GPU")  # cuInit logs its failure here, once
+                if _NO_DRIVER.search(captured.text()):  # no GPU to initialise: cuInit logs its failure here, once
+                    module.config.list_physical_devices("GPU")
 
         spec.loader.exec_module = exec_quietly  # type: ignore[method-assign]  # this spec's loader only
         return spec
 
 
-class _filtered_stderr:
+class _FilteredStderr:
     """Captures file descriptor 2 in a temporary file; on exit writes back what is not start-up noise."""
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _FilteredStderr:
         sys.stderr.flush()
         self._saved = os.dup(2)
         self._capture = tempfile.TemporaryFile()
         os.dup2(self._capture.fileno(), 2)
+        return self
+
+    def text(self) -> str:
+        """What was written to file descriptor 2 so far."""
+        sys.stderr.flush()
+        return os.pread(self._capture.fileno(), os.fstat(self._capture.fileno()).st_size, 0).decode(errors="replace")
 
     def __exit__(self, *exc_info: object) -> None:
-        sys.stderr.flush()
+        text = self.text()
         os.dup2(self._saved, 2)
         os.close(self._saved)
-        self._capture.seek(0)
-        text = self._capture.read().decode(errors="replace")
         self._capture.close()
         no_driver = bool(_NO_DRIVER.search(text))
         kept = [line for line in text.splitlines(keepends=True)
