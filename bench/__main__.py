@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -12,13 +13,15 @@ import platform
 from pathlib import Path
 from typing import Sequence
 
-from bench import batch_predict, ingest, machine, serving, train
+from bench import machine
 from bench.settings import BENCH_DIR, BenchSettings
+from components import cli
 from components.config import load_config
-from components.logging_setup import configure_logging
 from components.manifest import code_version
 
-BENCHMARKS = {"ingest": ingest.run, "train": train.run, "serving": serving.run, "batch_predict": batch_predict.run}
+# The benchmarks, each the module bench.NAME with `run(settings) -> rows`; imported once the arguments are checked
+# (they load TensorFlow).
+BENCHMARKS = ("batch_predict", "ingest", "serving", "train")
 RESULT_FILES = ("results.json", "results.md")
 logger = logging.getLogger("bench")
 
@@ -26,8 +29,11 @@ logger = logging.getLogger("bench")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; its defaults are `make bench`'s (BenchSettings' defaults)."""
     defaults = BenchSettings()
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only these benchmarks")
+    parser = cli.parser("python -m bench", "Run the benchmarks (ingest, training, serving, batch scoring), print a "
+                        "table and write results.json and results.md; the results are logged to MLflow when "
+                        "tracking is on.")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append",
+                        help="run only this benchmark (repeatable; default: all)")
     parser.add_argument("--data", type=Path, default=defaults.data_dir,
                         help="where demo data and models are built once and reused (default bench/data)")
     parser.add_argument("--results", type=Path, default=BENCH_DIR,
@@ -38,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"demo images for transform, training and the benchmark models "
                              f"(default {defaults.train_images})")
     parser.add_argument("--repeats", type=int, default=defaults.repeats,
-                        help="timed runs of each variant; the fastest counts")
+                        help=f"timed runs of each variant; the fastest counts (default {defaults.repeats})")
     parser.add_argument("--seconds", type=float, default=defaults.seconds,
                         help=f"each timed serving variant (default {defaults.seconds:g})")
     parser.add_argument("--load-seconds", type=float, default=defaults.load_seconds,
@@ -50,11 +56,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = BenchSettings(data_dir=args.data, images=args.images, train_images=args.train_images,
                              repeats=args.repeats, seconds=args.seconds, load_seconds=args.load_seconds)
-    configure_logging()
+    cli.start_logging(args)
     rows = machine.run()
-    for name in args.only or sorted(BENCHMARKS):
+    for name in args.only or BENCHMARKS:
         logger.info("benchmark %s: %s", name, settings)
-        rows += BENCHMARKS[name](settings)
+        rows += importlib.import_module(f"bench.{name}").run(settings)
     results = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "code_version": code_version(),

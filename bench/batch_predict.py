@@ -69,12 +69,12 @@ def _beam(model: str, source: str, overrides: list[str], labels: str | None = No
 
 
 class _Server:
-    """The project's TF-Serving-compatible server (serving.server.ModelServer) over the benchmark
+    """The project's TF-Serving-compatible server (serving.model_server.ModelServer) over the benchmark
     model, in this process, on free loopback ports."""
 
     def __init__(self, model_dir: str):
         from serving.options import ServerOptions
-        from serving.server import ModelServer
+        from serving.model_server import ModelServer
 
         self._server = ModelServer(ServerOptions(model_name=MODEL_NAME, port=0, rest_api_port=0,
                                                  model_base_path=str(Path(model_dir).parent.resolve())))
@@ -107,7 +107,7 @@ def run(settings: BenchSettings) -> list[dict]:
     try:
         server = _Server(model_dir)
     except ImportError as e:  # the server is a separate package of this repository
-        logger.warning("remote variants skipped: serving.server is not available (%s)", e)
+        logger.warning("remote variants skipped: serving.model_server is not available (%s)", e)
         server = None
     if server is not None:
         labels = str(Path(model_dir, MODEL_LABELS_FILE))
@@ -155,5 +155,5 @@ def run(settings: BenchSettings) -> list[dict]:
         })
     if server is None:
         rows.append({"benchmark": "batch_predict", "variant": "beam -> endpoint (REST, gRPC)",
-                     "note": "not measured: the project's server (serving.server.ModelServer) is not available"})
+                     "note": "not measured: the project's server (serving.model_server.ModelServer) is not available"})
     return rows

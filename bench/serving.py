@@ -45,7 +45,8 @@ from bench.settings import BENCH_DIR, BenchSettings
 from components.artifacts import IMAGE_INPUT, SERVING_SIGNATURE
 from components.image_header import check_image_bytes
 from components.manifest import read_manifest
-from serving.client import GrpcClient, RestClient
+from serving.client import RestClient
+from serving.grpc_client import GrpcClient
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import json
 import logging
 import posixpath
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
 from components.files import exists, is_directory, list_directory, read_json, write_json
@@ -201,7 +201,8 @@ class _Stats:
         data = read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold {cls.__name__}: it holds a JSON {type(data).__name__}")
-        missing = [f.name for f in fields(cls) if f.name not in data]  # type: ignore[arg-type]
+        missing = [f.name for f in fields(cls)  # type: ignore[arg-type]
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
         if missing:
             raise ValueError(f"{path} does not hold {cls.__name__}: it lacks {', '.join(missing)}")
         try:
@@ -237,10 +238,12 @@ class IngestStats(_Stats):
     bytes_ratio: float | None  # record bytes / source bytes
     seconds: float
     images_per_second: float
+    # Suspicious data found (one class, a class with few images, heavy imbalance); the run goes on.
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IngestStats:
-        return cls(**{**{f.name: data[f.name] for f in fields(cls)},
+        return cls(**{**{f.name: data[f.name] for f in fields(cls) if f.name in data},
                       "splits": {split: SplitCounts(**counts) for split, counts in data["splits"].items()}})
 
     def split_images(self) -> dict[str, int]:

@@ -27,6 +27,16 @@ class ConfigError(ValueError):
     """cvpipe's configuration (its file or a --set override) is invalid; the message names the key."""
 
 
+def described(default: Any, meaning: str) -> Any:
+    """A field with a (non-mutable) default and its meaning, which command lines show (`meaning_of`)."""
+    return field(default=default, metadata={"meaning": meaning})
+
+
+def meaning_of(section: type, name: str) -> str:
+    """The meaning a `described` field of the `section` dataclass was given."""
+    return next(f for f in dataclasses.fields(section) if f.name == name).metadata["meaning"]
+
+
 @dataclass
 class SplitConfig:
     """Fractions of the content-hash split; an explicit split column in a CSV wins."""
@@ -69,6 +79,10 @@ class IngestConfig:
     # 0 = one per CPU the process may use (its affinity, capped by a container's CPU quota).
     # Decoding and hashing release the GIL; remote reads (gs://) wait on the network.
     threads: int = 0
+    # Data warnings (logged, and listed in stats.json): a class with fewer training images than this,
+    # and a largest/smallest class ratio (training images) above this.
+    min_class_train_images: int = 10
+    max_class_imbalance: float = 10.0
 
     def validate(self) -> None:
         self.splits.validate()
@@ -84,6 +98,8 @@ class IngestConfig:
             raise ConfigError("ingest.compression_level must be between 0 and 9")
         if self.threads < 0:
             raise ConfigError("ingest.threads must be >= 0 (0: one per CPU core)")
+        if self.min_class_train_images < 0 or self.max_class_imbalance < 1:
+            raise ConfigError("ingest.min_class_train_images must be >= 0 and ingest.max_class_imbalance >= 1")
 
 
 @dataclass
@@ -127,8 +143,8 @@ class AugmentConfig:
     rotation: float = 0.0
     zoom: float = 0.0
     color: bool = False  # brightness and contrast jitter
-    # < 1: train on random crops of this fraction of the image side; inference resizes to that size.
-    crop_ratio: float = 1.0
+    crop_ratio: float = described(1.0, "< 1: train on random crops of this fraction of the image side; inference "
+                                  "resizes to that size")
 
     def validate(self) -> None:
         if not 0 < self.crop_ratio <= 1 or self.rotation < 0 or self.zoom < 0:
@@ -139,34 +155,33 @@ class AugmentConfig:
 class TrainConfig:
     """Model, hyperparameters, distribution and checkpointing of the training stage."""
 
-    model: str = "small_cnn"
-    # none | imagenet | path of a local weights file (backbones only).
-    weights: str = "none"
-    batch_size: int = 32  # per replica; the global batch is this times the replicas
-    epochs: int = 30
-    learning_rate: float = 0.003
-    lr_schedule: str = "cosine"  # constant | cosine | exponential
-    l1: float = 0.0
-    l2: float = 0.0
-    dropout: float = 0.0
-    hidden_units: int = 64
+    model: str = described("small_cnn", "architecture: " + ", ".join(MODELS))
+    weights: str = described("none", "none | imagenet | path of a local weights file (backbones only)")
+    batch_size: int = described(32, "per replica; the global batch is this times the replicas")
+    epochs: int = described(30, "passes over the training data (with the backbone frozen, for a backbone)")
+    learning_rate: float = described(0.003, "initial learning rate")
+    lr_schedule: str = described("cosine", "how the learning rate decays: constant | cosine | exponential")
+    l1: float = described(0.0, "L1 weight regularisation factor")
+    l2: float = described(0.0, "L2 weight regularisation factor")
+    dropout: float = described(0.0, "dropout rate before the classifier, in [0, 1)")
+    hidden_units: int = described(64, "units of the dense layer before the classifier")
     # Transfer learning (backbones): after `epochs` with the backbone frozen, unfreeze the top
     # `fine_tune_fraction` of its layers for `fine_tune_epochs` at `fine_tune_learning_rate`.
-    fine_tune_fraction: float = 0.0
-    fine_tune_epochs: int = 0
+    fine_tune_fraction: float = described(0.0, "backbones: fraction of the top layers unfrozen after `epochs`")
+    fine_tune_epochs: int = described(0, "backbones: epochs of fine-tuning after `epochs`")
     fine_tune_learning_rate: float = 1e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 42
-    # Same data, configuration and seed give the same weights: TensorFlow op determinism (it then
-    # stays on for the process) and the training input in a fixed order. No measurable cost: small_cnn,
-    # 800 demo images at 64x64, best of interleaved runs 79 images/s on, 74 off (2 shared cores).
-    deterministic: bool = True
-    distribute: str = "auto"
+    seed: int = described(42, "random seed of initialisation, shuffling and augmentation")
+    # No measurable cost: small_cnn, 800 demo images at 64x64, best of interleaved runs 79 images/s on,
+    # 74 off (2 shared cores). Op determinism then stays on for the process.
+    deterministic: bool = described(True, "same data, configuration and seed give the same weights "
+                                    "(TensorFlow op determinism, the training input in a fixed order)")
+    distribute: str = described("auto", "distribution strategy: " + ", ".join(DISTRIBUTE))
     early_stopping_patience: int = 10  # the demo data plateaus for ~8 epochs before it drops
-    # Also checkpoint every N steps for resuming (0: at the end of every epoch only).
-    checkpoint_every_steps: int = 0
-    # Virtual epochs: an epoch is this many examples, the data repeating (0: one pass).
-    num_training_examples: int = 0
+    checkpoint_every_steps: int = described(0, "also checkpoint every N steps for resuming (0: at the end of "
+                                            "every epoch only)")
+    num_training_examples: int = described(0, "virtual epochs: an epoch is this many examples, the data "
+                                           "repeating (0: one pass)")
     cache: bool = True
     shuffle_buffer: int = 4096
     tensorboard_histograms: bool = False

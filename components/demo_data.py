@@ -11,7 +11,6 @@ the files that are already what it would write, so an unchanged demo dataset is 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from components.logging_setup import configure_logging
+from components import cli
 
 logger = logging.getLogger(__name__)
 
@@ -282,14 +281,14 @@ def generate_demo_dataset(output: str | Path, seed: int = 0, per_class: int = DE
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: `python -m components.demo_data --output DIR`."""
-    configure_logging()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser("python -m components.demo_data", __doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="directory to write <class>/<class>_<index>.<ext> into")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     parser.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class")
     args = parser.parse_args(argv)
     if args.seed < 0 or args.per_class < 1:
-        parser.error("--seed must be >= 0 and --per-class >= 1")
+        cli.usage_error(parser, "--seed must be >= 0 and --per-class >= 1")
+    cli.start_logging(args)
     generate_demo_dataset(args.output, seed=args.seed, per_class=args.per_class)
 
 

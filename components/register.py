@@ -10,7 +10,6 @@ that pipeline run gets the model and its headline metrics too.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import posixpath
@@ -51,21 +50,21 @@ def run_register(model: str, evaluation: str, config: Config, *, parent_run_id: 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: registers `--model` evaluated by `--evaluation`; the exit code says whether it is registered."""
-    from components.cli import add_config_arguments, config_from_args
-    from components.logging_setup import configure_logging
+    from components import cli
     from components.stage_runner import PARENT_RUN_ENV
 
-    parser = argparse.ArgumentParser(prog="python -m components.register",
-                                     description="Register an evaluated export in the MLflow model registry; "
-                                     "a blessed one becomes the champion.")
+    parser = cli.parser("python -m components.register", "Register an evaluated export in the MLflow model "
+                        "registry; a blessed one becomes the champion (alias `champion`).")
     parser.add_argument("--model", required=True, help="exported SavedModel (BASE/NAME/<version> or BASE/NAME)")
     parser.add_argument("--evaluation", required=True, help="the evaluate output of that model")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     args = parser.parse_args(argv)
-    configure_logging()
-    config = config_from_args(parser, args)
+    cli.require_path(parser, args.model, "--model", "an exported SavedModel (BASE/NAME/<version> or BASE/NAME)")
+    cli.require_path(parser, args.evaluation, "--evaluation", "an evaluate output directory")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     if not config.tracking.enabled:
-        parser.error("registering needs MLflow: tracking.enabled is false")
+        cli.usage_error(parser, "registering needs MLflow: tracking.enabled is false")
     try:
         info = run_register(args.model, args.evaluation, config, parent_run_id=os.environ.get(PARENT_RUN_ENV))
     except (OSError, ValueError) as e:

@@ -8,14 +8,16 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 
-from components.cli import add_config_arguments, config_from_args
+from components import cli
 from components.config import Config
-from components.logging_setup import configure_logging
-from pipeline.definition import PlatformOptions
+from components.ingest.layout import EXPECTED_LAYOUT, local_input_problem
+
+if TYPE_CHECKING:  # it loads kfp: the command line is checked first
+    from pipeline.definition import PlatformOptions
 
 logger = logging.getLogger("pipeline")
 
@@ -24,18 +26,17 @@ DEFAULT_WORKDIR = "runs/local"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline", description="The cvpipe Kubeflow pipeline: compile it, run it here (kfp.local), "
-        "submit or schedule it on a cluster, or retrain on a policy.")
+    parser = cli.parser("python -m pipeline", "The cvpipe Kubeflow pipeline: compile it, run it here (kfp.local), "
+                        "submit or schedule it on a cluster, or retrain on a policy.")
     commands = parser.add_subparsers(dest="command", required=True)
-    compile_ = commands.add_parser("compile", help="write the KFP IR YAML")
+    compile_ = cli.add_subcommand(commands, "compile", "write the KFP IR YAML")
     compile_.add_argument("--output", default=DEFAULT_PACKAGE, help=f"IR YAML file (default {DEFAULT_PACKAGE})")
-    run = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
-    submit = commands.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
-    schedule = commands.add_parser("schedule", help="create a recurring run (scheduled retraining) on a cluster")
-    retrain = commands.add_parser("retrain", help="run the pipeline now if the retraining policy says so")
+    run = cli.add_subcommand(commands, "run", "run the whole pipeline on this machine with kfp.local")
+    submit = cli.add_subcommand(commands, "submit", "start one run on a Kubeflow Pipelines cluster")
+    schedule = cli.add_subcommand(commands, "schedule", "create a recurring run (scheduled retraining) on a cluster")
+    retrain = cli.add_subcommand(commands, "retrain", "run the pipeline now if the retraining policy says so")
     for command in (compile_, run, submit, schedule, retrain):
-        add_config_arguments(command)
+        cli.add_config_arguments(command)
     for command in (compile_, submit, schedule, retrain):
         _add_platform_arguments(command)
     for command in (run, submit, schedule, retrain):
@@ -54,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     retrain.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where a local run writes (without --host)")
 
     args = parser.parse_args(argv)
-    configure_logging()
-    config = config_from_args(parser, args)
+    reads_here = args.command == "run" or (args.command == "retrain" and not args.host)  # else: the cluster's
+    problem = local_input_problem(args.data) if reads_here else None
+    if problem:
+        cli.usage_error(parser, f"--data {problem}")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     from mlflow.exceptions import MlflowException
 
     try:
@@ -133,8 +138,8 @@ def _retrain(args: argparse.Namespace, config: Config) -> int:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="images: class folders or a CSV of uri,label[,split] "
-                        "(any tf.io.gfile path, e.g. gs://)")
+    parser.add_argument("--data", required=True, help=f"the images: {EXPECTED_LAYOUT} (any tf.io.gfile path, "
+                        "e.g. gs://)")
     parser.add_argument("--model-name", help="the registered and served model name "
                         "(default: tracking.registered_model)")
     parser.add_argument("--serving-base-path", help="TF Serving's model root: models.config and NAME/<version>")
@@ -167,6 +172,8 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser, required: bool) -> N
 
 
 def _platform(args: argparse.Namespace) -> PlatformOptions:
+    from pipeline.definition import PlatformOptions
+
     pvcs = {}
     for item in args.pvc:
         name, sep, mount_path = item.partition(":")

@@ -2,10 +2,9 @@
 
     rest = RestClient("http://127.0.0.1:8501")
     rest.predict("flowers", instances=[{"b64": base64.b64encode(jpeg).decode()}])
-    grpc_client = GrpcClient("127.0.0.1:8500")
-    grpc_client.predict("flowers", {"image_bytes": np.array([jpeg], dtype=object)})
 
-A RestClient keeps one HTTP/1.1 connection open: use one per thread.
+A RestClient keeps one HTTP/1.1 connection open: use one per thread. GrpcClient is in serving.grpc_client
+(it loads TensorFlow for its tensors).
 
 CLI: `python -m serving.client --host H [--grpc] --model NAME IMAGE...` classifies image files through
 a model's `serving_default` (image bytes in; label and score out), over REST (b64 JSON) or gRPC; a
@@ -15,7 +14,6 @@ and the exit status is 1.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.client
 import json
@@ -28,13 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
 
+from components import cli
 from components.artifacts import IMAGE_INPUT
-
-MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class RestError(Exception):
@@ -111,56 +105,6 @@ class RestClient:
             self._connection = None
 
 
-class GrpcClient:
-    """TF Serving's gRPC API; tensors in and out as numpy arrays."""
-
-    def __init__(self, target: str, timeout: float = 60.0):
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                                              ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
-        self.timeout = timeout
-
-    def predict_request(self, model: str, inputs: Mapping[str, Any], signature_name: str = "",
-                        version: int | None = None, label: str | None = None,
-                        output_filter: Sequence[str] = ()) -> predict_pb2.PredictRequest:
-        request = predict_pb2.PredictRequest(model_spec=model_spec(model, version, label, signature_name),
-                                             output_filter=list(output_filter))
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-        return request
-
-    def predict(self, model: str, inputs: Mapping[str, Any], **kwargs: Any) -> dict[str, np.ndarray]:
-        """Predict; returns the outputs as numpy arrays."""
-        response = self.prediction.Predict(self.predict_request(model, inputs, **kwargs), self.timeout)
-        return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
-
-    def status(self, model: str, version: int | None = None) -> get_model_status_pb2.GetModelStatusResponse:
-        return self.models.GetModelStatus(
-            get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(model, version)), self.timeout)
-
-    def metadata(self, model: str, version: int | None = None) -> get_model_metadata_pb2.SignatureDefMap:
-        response = self.prediction.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=model_spec(model, version), metadata_field=["signature_def"]), self.timeout)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signature_map)
-        return signature_map
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-def model_spec(model: str, version: int | None = None, label: str | None = None,
-               signature_name: str = "") -> model_pb2.ModelSpec:
-    """A ModelSpec naming a version, a label or (neither) the latest version."""
-    spec = model_pb2.ModelSpec(name=model, signature_name=signature_name)
-    if version is not None:
-        spec.version.value = version
-    if label is not None:
-        spec.version_label = label
-    return spec
-
-
 def wait_until_available(url: str, model: str, timeout: float) -> None:
     """Polls the REST status of `model` until a version is AVAILABLE; TimeoutError after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -189,6 +133,8 @@ def _refused_instance(message: str) -> int | None:
 def _classify_batch(images: Sequence[bytes], model: str, host: str, use_grpc: bool, port: int | None,
                     version: int | None, label: str | None) -> list[tuple[str, float]]:
     if use_grpc:
+        from serving.grpc_client import GrpcClient  # TensorFlow loads for gRPC only
+
         client = GrpcClient(f"{host}:{port or 8500}")
         try:
             outputs = client.predict(model, {IMAGE_INPUT: np.array(images, dtype=object)}, version=version,
@@ -236,9 +182,8 @@ def classify_files(paths: Sequence[str], model: str, host: str, *, use_grpc: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.client",
-                                     description="Classify image files with a model served by TF Serving "
-                                     "(or this project's server), over REST or gRPC.")
+    parser = cli.parser("python -m serving.client", "Classify image files with a model served by TF Serving (or "
+                        "this project's server), over REST or gRPC: one line per file, PATH<TAB>LABEL<TAB>SCORE.")
     parser.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8501 for REST, 8500 for gRPC)")
     parser.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
@@ -247,10 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     address.add_argument("--version", type=int, help="a version number (default: the latest)")
     address.add_argument("--label", help="a version label, e.g. stable or canary")
     parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                        help="first wait up to this long for the model to be AVAILABLE (REST status)")
+                        help="first wait up to this long for the model to be AVAILABLE (REST status; default: 0, "
+                        "no wait)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.start_logging(args)
     try:
         if args.wait:
             wait_until_available(f"http://{args.host}:{args.port or 8501}", args.model, args.wait)

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Sequence
 
+from components import cli
+
 _CPUS = os.cpu_count() or 1
 
 
@@ -128,28 +130,31 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m serving.server`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.server",
-        description="A model server speaking TensorFlow Serving's REST and gRPC APIs.")
+    """The command line of `python -m serving.server`: the ServerOptions flags and `--verbose`."""
+    parser = cli.parser("python -m serving.server", "A model server speaking TensorFlow Serving's REST and gRPC "
+                        "APIs (flags as tensorflow_model_server's; booleans accept --flag or --flag=true|false).")
     for field in fields(ServerOptions):
         flag, default = f"--{field.name}", field.default
         if field.type == "bool":
-            parser.add_argument(flag, type=_bool, nargs="?", const=True, default=default, help=_HELP[field.name])
+            parser.add_argument(flag, type=_bool, nargs="?", const=True, default=default,
+                                help=f"{_HELP[field.name]} (default {str(default).lower()})")
         else:
             kind = {"int": int, "float": float, "str": str, "int | None": int}[field.type]
             parser.add_argument(flag, type=kind, default=default,
-                                help=f"{_HELP[field.name]} (default {default if default != '' else 'unset'})")
+                                help=_HELP[field.name] if "default" in _HELP[field.name]
+                                else f"{_HELP[field.name]} (default {default if default != '' else 'unset'})")
     return parser
 
 
-def parse_options(argv: Sequence[str] | None = None) -> ServerOptions:
-    """ServerOptions from command-line flags; exits with a message naming a bad flag."""
+def parse_command_line(argv: Sequence[str] | None = None) -> tuple[ServerOptions, bool]:
+    """ServerOptions from command-line flags, and whether --verbose was given; exits with a message naming a
+    bad flag."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    verbose = args.pop("verbose", False)
     if args["rest_api_port"] == 0:
         args["rest_api_port"] = None
     try:
-        return ServerOptions(**args)
+        return ServerOptions(**args), verbose
     except ValueError as e:
-        parser.error(str(e))
+        cli.usage_error(parser, str(e))

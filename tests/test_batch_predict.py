@@ -282,13 +282,13 @@ def test_config_errors_name_the_key():
             load_config(overrides=[override])
 
 
-# ---- remote: the project's server (serving.server.ModelServer) on loopback ------------------------------
+# ---- remote: the project's server (serving.model_server.ModelServer) on loopback ------------------------------
 
 
 @pytest.fixture(scope="module")
 def model_server(tiny_export):
     from serving.options import ServerOptions
-    from serving.server import ModelServer
+    from serving.model_server import ModelServer
 
     with ModelServer(ServerOptions(model_name="tiny", model_base_path=posixpath.dirname(tiny_export), port=0,
                                    rest_api_port=0)) as server:

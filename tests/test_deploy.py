@@ -93,7 +93,7 @@ def test_a_broken_version_fails_the_servability_check_and_never_appears(tiny_exp
 def test_labels_move_only_after_the_server_loaded_the_version(tiny_export, blessed, tmp_path):
     """With --server, a label move waits for TF Serving to report the version AVAILABLE."""
     from serving.options import ServerOptions
-    from serving.server import ModelServer
+    from serving.model_server import ModelServer
 
     base = tmp_path / "serving"
     deploy.push(tiny_export, str(base), "cvpipe", LENIENT, evaluation=blessed)

@@ -273,7 +273,38 @@ def test_nothing_accepted_exits_non_zero_with_a_message(tmp_path):
     )
     assert proc.returncode == 1
     assert "no image was accepted out of 1 inputs" in proc.stderr
+    assert "Traceback" not in proc.stderr  # one line; --verbose adds it (test_cli)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_class_folders_is_refused_with_the_expected_layout(tmp_path):
+    write_plain(tmp_path / "flat" / "a.jpg", seed=1)  # gs:// inputs are not checked by the command line: here
+    with pytest.raises(IngestError, match=re.escape("expected class folders PATH/<label>/<image>")):
+        run_ingest(str(tmp_path / "flat"), str(tmp_path / "out"), make_config())
+
+
+def test_one_class_and_a_rare_class_are_warned_about_and_recorded(tmp_path, caplog):
+    write_class_tree(tmp_path / "one", classes=("cat",), per_class=6)
+    result = run_ingest(str(tmp_path / "one"), str(tmp_path / "out1"), make_config())
+    one_class, few = result.stats.warnings
+    assert one_class.startswith("one class only (cat)")
+    assert few.startswith("class(es) with fewer than 10 training images") and "cat " in few
+    assert json.loads((tmp_path / "out1" / "stats.json").read_text())["warnings"] == result.stats.warnings
+    assert "Suspicious data: one class only (cat)" in caplog.text
+
+
+def test_heavy_class_imbalance_is_warned_about_with_both_classes(tmp_path):
+    write_class_tree(tmp_path / "in", classes=("cat",), per_class=40)
+    write_class_tree(tmp_path / "in", classes=("dog",), per_class=3, seed=500)
+    config = make_config("ingest.min_class_train_images=0", "ingest.splits.train=1", "ingest.splits.valid=0",
+                         "ingest.splits.test=0")
+    [warning] = run_ingest(str(tmp_path / "in"), str(tmp_path / "out"), config).stats.warnings
+    assert warning == ("class imbalance 13.3:1 above 10 (ingest.max_class_imbalance): largest cat 40, "
+                       "smallest dog 3 training images")
+
+
+def test_a_balanced_dataset_has_no_warning(mixed_ingest):
+    assert mixed_ingest.stats.warnings == []
 
 
 def test_a_class_without_training_images_fails(tmp_path):

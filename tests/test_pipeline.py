@@ -383,6 +383,8 @@ def test_an_unreachable_kfp_api_is_a_clear_error(caplog):
 
 
 def test_an_unknown_pipeline_parameter_is_refused_before_anything_runs(tmp_path, caplog):
-    assert main(["run", "--data", str(tmp_path), "--workdir", str(tmp_path / "work"), "--param", "epoch=3"]) == 1
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    assert main(["run", "--data", str(tmp_path / "images"), "--workdir", str(tmp_path / "work"),
+                 "--param", "epoch=3"]) == 1
     assert "the pipeline has no parameter 'epoch'" in caplog.text
     assert not (tmp_path / "work").exists()

@@ -16,13 +16,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.batching import BatchScheduler
-from serving.client import GrpcClient, RestClient
+from serving.client import RestClient
 from serving.config import BatchingOptions
 from serving.errors import ServingError
+from serving.grpc_client import GrpcClient
 from serving.inference import PredictCall
+from serving.model_server import ModelServer
 from serving.options import ServerOptions
 from serving.servable import Signature
-from serving.server import ModelServer
 
 
 class Doubler:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from serving.options import ServerOptions
-from serving.server import ModelServer
+from serving.model_server import ModelServer
 
 
 @pytest.mark.parametrize("api", ["rest", "grpc"])

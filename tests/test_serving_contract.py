@@ -18,9 +18,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from half_plus_two import build_half_plus_two
-from serving.client import GrpcClient, RestClient, model_spec
+from serving.client import RestClient
+from serving.grpc_client import GrpcClient, model_spec
 from serving.options import ServerOptions
-from serving.server import ModelServer
+from serving.model_server import ModelServer
 
 MODEL = "half_plus_two"
 MAX_BODY = 2**20

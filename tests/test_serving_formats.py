@@ -13,7 +13,7 @@ from tensorflow_serving.config import file_system_storage_path_source_pb2
 from components.artifacts import version_directories
 from serving import json_tensor, policy
 from serving.errors import ServingError
-from serving.options import ServerOptions, parse_options
+from serving.options import ServerOptions, parse_command_line
 from serving.tensors import to_tensor_proto
 
 
@@ -104,12 +104,13 @@ def test_version_directories_and_policies(tmp_path):
 
 
 def test_flags_are_tf_serving_flags():
-    options = parse_options(["--model_name=m", "--model_base_path=/models/m", "--rest_api_port=0", "--enable_batching",
-                             "--port=9000", "--enable_model_warmup=false"])
+    options, verbose = parse_command_line(["--model_name=m", "--model_base_path=/models/m", "--rest_api_port=0",
+                                           "--enable_batching", "--port=9000", "--enable_model_warmup=false"])
     assert (options.model_name, options.port, options.rest_api_port, options.enable_batching,
-            options.enable_model_warmup, options.bind_address) == ("m", 9000, None, True, False, "127.0.0.1")
-    assert parse_options(["--model_base_path=/m"]).rest_api_port == 8501
+            options.enable_model_warmup, options.bind_address, verbose) == ("m", 9000, None, True, False, "127.0.0.1",
+                                                                            False)
+    assert parse_command_line(["--model_base_path=/m"])[0].rest_api_port == 8501
     with pytest.raises(SystemExit):
-        parse_options(["--model_name=m"])  # nothing to serve
+        parse_command_line(["--model_name=m"])  # nothing to serve
     with pytest.raises(ValueError, match="--batching_parameters_file needs --enable_batching"):
         ServerOptions(model_base_path="/m", batching_parameters_file="/b")

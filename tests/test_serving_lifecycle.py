@@ -21,11 +21,12 @@ from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from half_plus_two import build_half_plus_two
-from serving.client import GrpcClient, RestClient, RestError
+from serving.client import RestClient, RestError
 from serving.config import ServerConfigError
 from serving.errors import ServingError
+from serving.grpc_client import GrpcClient
+from serving.model_server import ModelServer
 from serving.options import ServerOptions
-from serving.server import ModelServer
 
 MODEL = "hpt"
 ROOT = Path(__file__).resolve().parent.parent

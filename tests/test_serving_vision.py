@@ -12,11 +12,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from components.artifacts import WARMUP_FILE
-from serving.client import GrpcClient, RestClient
+from serving.client import RestClient
 from serving.errors import ServingError
+from serving.grpc_client import GrpcClient
+from serving.model_server import ModelServer
 from serving.options import ServerOptions
 from serving.servable import load_servable, read_meta_graph
-from serving.server import ModelServer
 from serving.warmup import warm_up
 
 MODEL = "tiny"

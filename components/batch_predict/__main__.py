@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from components.cli import add_beam_stage_arguments, config_from_args
+from components import cli
 from components.config import BatchPredictConfig
-from components.logging_setup import configure_logging
 from components.stage_runner import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.batch_predict",
-        description="Score images in batch with an exported model (SavedModel directory, models:/NAME@alias or "
+    parser = cli.parser(
+        "python -m components.batch_predict",
+        "Score images in batch with an exported model (SavedModel directory, models:/NAME@alias or "
         "models:/NAME/VERSION from the MLflow registry) or a TF Serving endpoint (http://host:8501/v1/models/NAME, "
         "grpc://host:8500/NAME), with Apache Beam RunInference. Arguments not listed here are passed to Beam "
         "(e.g. --project, --region, --temp_location).")
     parser.add_argument("--model", required=True,
                         help="BASE/NAME[/<version>], models:/NAME@ALIAS, models:/NAME/VERSION, "
                         "http(s)://host:port/v1/models/NAME[/versions/N|/labels/L] or grpc://host:port/NAME")
-    add_beam_stage_arguments(parser, "glob of image files, a directory, a CSV of URIs (first column) or an ingest "
+    cli.add_beam_stage_arguments(parser, "glob of image files, a directory, a CSV of URIs (first column) or an ingest "
                              "output directory")
     parser.add_argument("--format", choices=BatchPredictConfig.FORMATS,
                         help="prediction file format (default: batch_predict.format, jsonl)")
@@ -30,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", help="labels.txt with the class names in id order, for the top-k labels of an "
                         "endpoint (default for a SavedModel: its assets/labels.txt)")
     args, beam_args = parser.parse_known_args(argv)
-    configure_logging()
-    config = config_from_args(parser, args)
+    if not args.model.startswith("models:/"):
+        cli.require_path(parser, args.model, "--model", "an exported SavedModel (BASE/NAME[/<version>]), models:/... "
+                         "or a serving endpoint URL")
+    cli.require_path(parser, args.input, "--input", "image files (a glob), a directory, a CSV or an ingest output")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     from components.batch_predict.run import BatchPredictError, EndpointError, run_batch_predict
 
     return run_stage(

@@ -3,24 +3,25 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from components.cli import add_config_arguments, config_from_args
-from components.logging_setup import configure_logging
+from components import cli
 
 logger = logging.getLogger("components.deploy")
+
+COMMANDS = ("push", "promote", "rollback")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
+    if argv and argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "push")  # `python -m components.deploy --model ...` pushes
-    parser = argparse.ArgumentParser(prog="python -m components.deploy",
-                                     description="Deploy SavedModels to a TF Serving model base path.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    push = commands.add_parser("push", help="copy a blessed export in as the stable (or canary) version")
+    parser = cli.parser("python -m components.deploy",
+                        "Deploy SavedModels to a TF Serving model base path: push a blessed export (the command "
+                        "when none is named), promote its canary, or roll back.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    push = cli.add_subcommand(commands, "push", "copy a blessed export in as the stable (or canary) version")
     push.add_argument("--model", required=True, help="exported SavedModel (BASE/NAME/<version> or BASE/NAME)")
     push.add_argument("--evaluation", help="the evaluate output holding the model's blessing")
     push.add_argument("--force", action="store_true", help="deploy although the model is not blessed (recorded)")
@@ -29,18 +30,22 @@ def main(argv: list[str] | None = None) -> int:
                       "(default: the next free one); refused when it is taken")
     push.add_argument("--if-blessed", action="store_true",
                       help="an unblessed model is skipped (exit 0) instead of refused (exit 1)")
-    promote = commands.add_parser("promote", help="make the canary the stable version")
-    rollback = commands.add_parser("rollback", help="drop the canary, or go back to the previous stable version")
+    promote = cli.add_subcommand(commands, "promote", "make the canary the stable version")
+    rollback = cli.add_subcommand(commands, "rollback", "drop the canary, or go back to the previous stable version")
     for command in (push, promote, rollback):
         command.add_argument("--model-base-path", required=True, help="TF Serving's model base path (holds "
                              "models.config and one directory per model)")
         command.add_argument("--name", required=True, help="model name, as clients address it")
         command.add_argument("--server", help="REST address of the TF Serving that polls this base path "
                              "(http://host:8501): labels move only once it has loaded the new version")
-        add_config_arguments(command)
+        cli.add_config_arguments(command)
     args = parser.parse_args(argv)
-    configure_logging()
-    config = config_from_args(parser, args)
+    if args.command == "push":
+        cli.require_path(parser, args.model, "--model", "an exported SavedModel (BASE/NAME/<version> or BASE/NAME)")
+        if args.evaluation:
+            cli.require_path(parser, args.evaluation, "--evaluation", "an evaluate output directory")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     from components.artifacts import saved_model_dir
     from components.deploy import run  # TensorFlow loads after the arguments are checked
 

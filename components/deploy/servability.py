@@ -35,7 +35,7 @@ def check_servable(saved_model: str, name: str) -> None:
     """Serves `saved_model` as model `name` and replays its warm-up requests; raises NotServableError."""
     from serving.errors import ServingError
     from serving.options import ServerOptions
-    from serving.server import ModelServer
+    from serving.model_server import ModelServer
 
     requests = read_warmup_requests(saved_model)
     if not requests:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 
-from components.cli import add_config_arguments, config_from_args
-from components.logging_setup import configure_logging
+from components import cli
 from components.stage_runner import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.evaluate",
-        description="Evaluate an exported serving model on held-out splits (metrics, slices, confusion matrix, "
+    parser = cli.parser(
+        "python -m components.evaluate",
+        "Evaluate an exported serving model on held-out splits (metrics, slices, confusion matrix, "
         "calibration) and bless it against thresholds and the current champion.")
     parser.add_argument("--model", required=True, help="exported SavedModel (BASE/NAME/<version>, or BASE/NAME for "
                         "its latest version)")
@@ -25,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
                           "model's @champion in MLflow, when tracking is on)")
     champion.add_argument("--no-champion", action="store_true", help="absolute thresholds only")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     args = parser.parse_args(argv)
-    configure_logging()
-    config = config_from_args(parser, args)
+    cli.require_path(parser, args.model, "--model", "an exported SavedModel (BASE/NAME/<version> or BASE/NAME)")
+    cli.require_path(parser, args.data, "--data", "an ingest or transform output directory")
+    if args.champion:
+        cli.require_path(parser, args.champion, "--champion", "an exported SavedModel")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     from components.evaluate.champion import Champion, registered_champion
     from components.evaluate.run import run_evaluate  # TensorFlow loads after the arguments are checked
 

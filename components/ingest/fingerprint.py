@@ -13,8 +13,10 @@ import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from components.ingest.sources import InputImage, list_inputs
+if TYPE_CHECKING:  # it loads Beam: command lines that only import this module start fast
+    from components.ingest.sources import InputImage
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class SourceFingerprint:
 
 def fingerprint_source(path: str) -> SourceFingerprint:
     """Lists `path` as ingest does and hashes every listed file's bytes (a missing file hashes as such)."""
+    from components.ingest.sources import list_inputs
+
     inputs = list_inputs(path)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         contents = list(pool.map(_file_sha256, inputs.images))

@@ -30,9 +30,10 @@ import tensorflow as tf
 from components import records
 from components.artifacts import LABELS_FILE, REJECTS_FILE, STATS_FILE, IngestStats, SplitCounts
 from components.beam_runtime import beam_options, beam_pipeline, runs_on_one_worker
-from components.config import Config
+from components.config import Config, IngestConfig
 from components.files import read_json
 from components.ingest.pipeline import INPUTS_FILE, SHARDS_SUMMARY_FILE, build_pipeline
+from components.ingest.layout import EXPECTED_LAYOUT
 from components.ingest.sources import list_inputs
 from components.manifest import Manifest, Origin, write_manifest
 from components.rejections import Reason, Rejection
@@ -66,7 +67,7 @@ def run_ingest(
     inputs = list_inputs(input_path)
     vocabulary = config.ingest.labels or inputs.labels
     if not vocabulary:
-        raise IngestError(f"no labelled image found in {input_path}: expected class folders or a CSV uri,label")
+        raise IngestError(f"no labelled image found in {input_path}: expected {EXPECTED_LAYOUT}")
     images, rejections = [], list(inputs.rejections)
     for image in inputs.images:
         if image.label in vocabulary:
@@ -83,7 +84,11 @@ def run_ingest(
                            config.ingest, work_dir, spread_checks=not runs_on_one_worker(options))
         counts, fingerprint = _reconcile(work_dir, inputs.count, vocabulary)
         seconds = round(time.monotonic() - started, 2)
-        stats = IngestStats(**counts, seconds=seconds, images_per_second=round(inputs.count / seconds, 1))
+        warnings = data_warnings(counts["classes"], config.ingest)
+        for warning in warnings:
+            logger.warning("Suspicious data: %s", warning)
+        stats = IngestStats(**counts, seconds=seconds, images_per_second=round(inputs.count / seconds, 1),
+                            warnings=warnings)
         with tf.io.gfile.GFile(posixpath.join(work_dir, LABELS_FILE), "w") as f:
             f.write("".join(f"{label}\n" for label in vocabulary))
         stats.write(work_dir)
@@ -164,6 +169,33 @@ def _reconcile(work_dir: str, inputs: int, vocabulary: list[str]) -> tuple[dict[
         "bytes_ratio": round(record_bytes / source_bytes, 4) if source_bytes else None,
     }
     return counts, fingerprint.hexdigest()
+
+
+def data_warnings(classes: dict[str, dict[str, int]], config: IngestConfig) -> list[str]:
+    """What looks wrong with the accepted images' classes (label -> split -> images) without stopping the run:
+    a single class, classes with fewer than `min_class_train_images` training images, a largest/smallest
+    training class ratio above `max_class_imbalance`."""
+    train = {label: counts["train"] for label, counts in classes.items()}
+    warnings = []
+    if len(train) == 1:
+        warnings.append(f"one class only ({next(iter(train))}): a classifier trained on it can only predict it")
+    few = {label: n for label, n in train.items() if 0 < n < config.min_class_train_images}
+    if few:
+        warnings.append(f"class(es) with fewer than {config.min_class_train_images} training images "
+                        f"(ingest.min_class_train_images): {_counts(few)}")
+    present = {label: n for label, n in train.items() if n > 0}
+    if len(present) > 1:
+        largest, smallest = max(present, key=present.get), min(present, key=present.get)
+        ratio = present[largest] / present[smallest]
+        if ratio > config.max_class_imbalance:
+            warnings.append(f"class imbalance {ratio:.1f}:1 above {config.max_class_imbalance:g} "
+                            f"(ingest.max_class_imbalance): largest {_counts({largest: present[largest]})}, "
+                            f"smallest {_counts({smallest: present[smallest]})} training images")
+    return warnings
+
+
+def _counts(per_label: dict[str, int]) -> str:
+    return ", ".join(f"{label} {n}" for label, n in per_label.items())
 
 
 def _check_usable(stats: IngestStats) -> None:

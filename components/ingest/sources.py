@@ -15,6 +15,7 @@ import posixpath
 from dataclasses import dataclass
 
 from components.image_inputs import URI_COLUMNS, list_files, read_csv_rows, resolve_uri
+from components.ingest.layout import EXPECTED_LAYOUT
 from components.rejections import Reason, Rejection
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def list_inputs(path: str) -> Inputs:
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"ingest input {path} does not exist (give a class-folder directory or a CSV)")
+        raise FileNotFoundError(f"ingest input {path} does not exist; expected {EXPECTED_LAYOUT}")
     inputs = _list_folder(path) if tf.io.gfile.isdir(path) else _read_csv(path)
     logger.info("Listed %d inputs (%d rejected while listing) in %s", inputs.count, len(inputs.rejections), path)
     return inputs

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from components.cli import add_config_arguments, config_from_args
-from components.config import DISTRIBUTE, MODELS
-from components.logging_setup import configure_logging
+from components import cli
+from components.config import DISTRIBUTE, MODELS, AugmentConfig, TrainConfig, meaning_of
 from components.stage_runner import run_stage
 
-# Flags that set one train.* value each, for the common hyperparameters.
+# Flags that set one train.* value each, for the common hyperparameters: (type, choices).
 _FLAGS = {
     "model": (str, MODELS), "weights": (str, None), "batch_size": (int, None), "epochs": (int, None),
     "learning_rate": (float, None), "lr_schedule": (str, ("constant", "cosine", "exponential")),
@@ -21,25 +19,31 @@ _FLAGS = {
 }
 
 
+def _key(name: str) -> tuple[type, str]:
+    """The configuration section holding the flag `name`, and its `train.` key."""
+    return (AugmentConfig, f"train.augment.{name}") if name == "crop_ratio" else (TrainConfig, f"train.{name}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.train",
-                                     description="Train a Keras model on a transform output.")
+    parser = cli.parser("python -m components.train", "Train a Keras model on a transform output. The "
+                        "hyperparameter flags set one train.* configuration value each (as --set does).")
     parser.add_argument("--transformed", required=True, help="transform output directory")
     parser.add_argument("--output", required=True, help="training output directory (rerun the same command to resume)")
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
     for name, (kind, choices) in _FLAGS.items():
+        section, key = _key(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices,
-                            help=f"train.{'augment.' if name == 'crop_ratio' else ''}{name}")
-    add_config_arguments(parser)
+                            help=f"{meaning_of(section, name)} ({key}, default: {getattr(section(), name)})")
+    cli.add_config_arguments(parser)
     args = parser.parse_args(argv)
+    cli.require_path(parser, args.transformed, "--transformed", "a transform output directory")
     for name in _FLAGS:
         value = getattr(args, name)
         if value is not None:
-            args.overrides.append(f"train.{'augment.' if name == 'crop_ratio' else ''}{name}={value}")
-    configure_logging()
-    config = config_from_args(parser, args)
+            args.overrides.append(f"{_key(name)[1]}={value}")
+    cli.start_logging(args)
+    config = cli.config_from_args(parser, args)
     from components.train.run import run_training  # TensorFlow loads after the arguments are checked
-
 
     def train() -> str | None:
         result = run_training(args.transformed, args.output, config, overwrite=args.overwrite)
