@@ -89,9 +89,10 @@ def test_the_report_lists_sizes_in_numeric_order_and_shows_the_mistakes(evaluate
     assert html.count("data:image/jpeg;base64,") == len(wrong)
 
 
-def test_thresholds_refuse_with_reasons(tiny_run, tiny_export, tmp_path):
-    result = run_evaluate(tiny_export, tiny_run.ingest, str(tmp_path / "strict"),
+def test_thresholds_refuse_with_reasons(tiny_run, worse_export, tmp_path):
+    result = run_evaluate(worse_export, tiny_run.ingest, str(tmp_path / "strict"),
                           make_config("evaluate.min_accuracy=1.0", "evaluate.min_class_recall=0"))
+    assert result.evaluation["splits"]["test"]["accuracy"] < 1.0, "premise: a constant answer on several classes"
     assert not result.blessing["blessed"]
     assert result.blessing["reasons"] == [
         f"failed: test accuracy >= 1.0 (got {result.evaluation['splits']['test']['accuracy']})"]
@@ -117,11 +118,11 @@ def test_change_thresholds_against_the_champion(tiny_run, tiny_export, worse_exp
     assert any(r.startswith("failed: test accuracy >= champion's") for r in result.blessing["reasons"])
 
 
-def test_cli_evaluates_the_latest_version_of_a_model_base_path(tiny_run, tiny_export, tmp_path):
+def test_cli_evaluates_the_latest_version_of_a_model_base_path(tiny_run, worse_export, tmp_path):
     out = tmp_path / "cli"
-    done = subprocess.run([sys.executable, "-m", "components.evaluate", "--model", str(Path(tiny_export).parent),
+    done = subprocess.run([sys.executable, "-m", "components.evaluate", "--model", str(Path(worse_export).parent),
                            "--data", tiny_run.ingest, "--output", str(out), "--no-champion",
                            "--set", "evaluate.splits=[test]", "--set", "evaluate.min_accuracy=1.0"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "NOT BLESSED" in done.stderr and json.loads((out / "evaluation.json").read_text())["model"] == tiny_export
+    assert "NOT BLESSED" in done.stderr and json.loads((out / "evaluation.json").read_text())["model"] == worse_export
