@@ -264,9 +264,12 @@ def test_cli_scores_the_latest_version_of_a_model_base(tiny_export, inputs, tmp_
     assert summary["model"]["location"] == tiny_export
     assert "Scored" in done.stderr
 
-    # Errors exit 1 with one clear line; an existing output needs --overwrite.
-    assert main(["--model", str(tmp_path / "nothing"), "--input", inputs.glob, "--output", str(tmp_path / "x"),
-                 *NO_TRACKING]) == 1
+    # A missing model is a usage error (exit 2, before TensorFlow loads); other errors exit 1 with one
+    # clear line; an existing output needs --overwrite.
+    with pytest.raises(SystemExit) as usage:
+        main(["--model", str(tmp_path / "nothing"), "--input", inputs.glob, "--output", str(tmp_path / "x"),
+              *NO_TRACKING])
+    assert usage.value.code == 2
     assert main(["--model", tiny_export, "--input", str(tmp_path / "none-*.jpg"), "--output", str(tmp_path / "x"),
                  *NO_TRACKING]) == 1
     assert main(["--model", tiny_export, "--input", inputs.glob, "--output", str(output), *NO_TRACKING]) == 1
