@@ -23,7 +23,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from components import cli
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +280,8 @@ def generate_demo_dataset(output: str | Path, seed: int = 0, per_class: int = DE
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: `python -m components.demo_data --output DIR`."""
+    from components import cli
+
     parser = cli.parser("python -m components.demo_data", __doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="directory to write <class>/<class>_<index>.<ext> into")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")

@@ -27,7 +27,6 @@ from typing import Any, Mapping, Sequence
 import grpc
 import numpy as np
 
-from components import cli
 from components.artifacts import IMAGE_INPUT
 
 
@@ -182,6 +181,8 @@ def classify_files(paths: Sequence[str], model: str, host: str, *, use_grpc: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from components import cli
+
     parser = cli.parser("python -m serving.client", "Classify image files with a model served by TF Serving (or "
                         "this project's server), over REST or gRPC: one line per file, PATH<TAB>LABEL<TAB>SCORE.")
     parser.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")

@@ -1,4 +1,4 @@
-"""The model server's command line: `python -m serving.server [flags]` (the flags: serving.options), serving
+"""The model server's command line: `python -m serving.server [flags]` (the flags: serving.cli), serving
 until SIGTERM or SIGINT. The flags are checked, and --help answered, before TensorFlow loads; the server
 itself is serving.model_server.ModelServer."""
 
@@ -11,7 +11,7 @@ import threading
 from typing import Sequence
 
 from components.logging_setup import configure_logging
-from serving.options import parse_command_line
+from serving.cli import parse_command_line
 
 logger = logging.getLogger("serving.server")
 

@@ -110,6 +110,7 @@ def test_training_command_is_accepted_by_the_train_cli(builds, name, monkeypatch
     """The workers' command line, parsed and validated by components.train's own CLI (training itself
     replaced): multi_worker strategy, input and output on the shared data claim."""
     import components.train.run as train_run
+    from components import cli
     from components.train.__main__ import main as train_main
 
     docs = builds[f"training/{name}"]
@@ -124,8 +125,11 @@ def test_training_command_is_accepted_by_the_train_cli(builds, name, monkeypatch
         calls.append((transform_dir, output, config, overwrite))
         return train_run.TrainResult(output, {}, chief=False)
 
+    checked = []  # the pod's paths are on its data claim, not on this machine: record what is checked
     monkeypatch.setattr(train_run, "run_training", fake_training)
+    monkeypatch.setattr(cli, "require_path", lambda parser, path, flag, expected: checked.append((flag, path)))
     assert train_main([*argv[3:], "--set", "tracking.enabled=false"]) == 0
+    assert checked == [("--transformed", calls[0][0])]
     (transform_dir, output, config, overwrite), = calls
     assert config.train.distribute == "multi_worker" and not overwrite
     data_mount = next(m["mountPath"] for m in container["volumeMounts"]

@@ -13,7 +13,8 @@ from tensorflow_serving.config import file_system_storage_path_source_pb2
 from components.artifacts import version_directories
 from serving import json_tensor, policy
 from serving.errors import ServingError
-from serving.options import ServerOptions, parse_command_line
+from serving.cli import parse_command_line
+from serving.options import ServerOptions
 from serving.tensors import to_tensor_proto
 
 
