@@ -43,6 +43,20 @@ _NO_DRIVER = re.compile(r"Could not find cuda drivers")
 _CUINIT_FAILED = re.compile(r"cuda_platform\.cc:\d+\] failed call to cuInit")
 
 
+class StartNoiseFilter:
+    """Tells TensorFlow's start-up lines from the rest of a stream of lines (a process's stderr, or a log
+    that collects several processes' output): cuInit's failure is noise only once a line said there is no
+    CUDA driver at all."""
+
+    def __init__(self, no_driver: bool = False):
+        self.no_driver = no_driver
+
+    def keep(self, line: str) -> bool:
+        """Whether `line` is not start-up noise."""
+        self.no_driver = self.no_driver or bool(_NO_DRIVER.search(line))
+        return not _TF_START_NOISE.search(line) and not (self.no_driver and _CUINIT_FAILED.search(line))
+
+
 class _WorkerLogFilter(logging.Filter):
     """Keeps cvpipe's own worker lines (unwrapped) and worker errors; drops Beam's chatter."""
 
@@ -135,9 +149,8 @@ class _FilteredStderr:
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._capture.close()
-        no_driver = bool(_NO_DRIVER.search(text))
-        kept = [line for line in text.splitlines(keepends=True)
-                if not _TF_START_NOISE.search(line) and not (no_driver and _CUINIT_FAILED.search(line))]
+        noise = StartNoiseFilter(no_driver=bool(_NO_DRIVER.search(text)))
+        kept = [line for line in text.splitlines(keepends=True) if noise.keep(line)]
         if kept:
             sys.stderr.write("".join(kept))
             sys.stderr.flush()

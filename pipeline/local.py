@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, TextIO
 
 from components.config import Config
+from components.logging_setup import StartNoiseFilter
 from components.tracking.client import UiPage
 from components.tracking.registry import ModelVersionInfo
 from pipeline.definition import PlatformOptions, build_pipeline
@@ -92,23 +93,37 @@ def clickable(path: str) -> str:
 
 
 class _ProgressFilter(io.TextIOBase):
-    """A text stream that keeps every line in `log` and shows the progress lines on `terminal`."""
+    """A text stream that keeps every line in `log` (without colour codes and TensorFlow's start-up lines,
+    which Beam's worker processes print) and shows the progress lines on `terminal`."""
 
     def __init__(self, log: TextIO, terminal: TextIO):
-        self.log, self.terminal, self.pending = log, terminal, ""
+        self.log, self.terminal, self.pending, self.noise = log, terminal, "", StartNoiseFilter()
 
     def write(self, text: str) -> int:
-        self.log.write(_ANSI_ESCAPE.sub("", text))
         lines = (self.pending + text).split("\n")
         self.pending = lines.pop()
         for line in lines:
+            self._log(line + "\n")
             if _PROGRESS.search(line):
                 self.terminal.write(line.strip() + "\n")
         self.terminal.flush()
         return len(text)
 
+    def _log(self, line: str) -> None:
+        line = _ANSI_ESCAPE.sub("", line)
+        if self.noise.keep(line):
+            self.log.write(line)
+
     def flush(self) -> None:
         self.log.flush()
+
+    def close(self) -> None:
+        """Writes a last line that has no newline yet."""
+        if self.pending:
+            self._log(self.pending)
+            self.pending = ""
+        self.flush()
+        super().close()
 
 
 def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: str, log_file: str,
@@ -125,8 +140,8 @@ def run_local(arguments: Mapping[str, Any], config: Config, *, pipeline_root: st
     logger.info("Running the pipeline with kfp.local: artifacts under %s, the whole log in %s", pipeline_root,
                 log_file)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    with open(log_file, "w") as log, contextlib.redirect_stdout(_ProgressFilter(log, sys.stderr)), \
-            warnings.catch_warnings():
+    with open(log_file, "w") as log, contextlib.closing(_ProgressFilter(log, sys.stderr)) as output, \
+            contextlib.redirect_stdout(output), warnings.catch_warnings():
         for message in _LOCAL_NOOP_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         try:

@@ -202,7 +202,10 @@ def test_the_summary_names_the_files_to_open_as_clickable_paths_and_the_mlflow_r
         assert Path(path).as_uri() in text
     assert run.files["whole log"] == str(local_runs.root / "blessed.log")
     assert f"/runs/{run.mlflow_run_id}?" in run.mlflow_run_page.url and str(run.mlflow_run_page) in text
-    assert "\x1b[" not in (local_runs.root / "blessed.log").read_text(), "the log file has no terminal colour codes"
+    log = (local_runs.root / "blessed.log").read_text()
+    assert "\x1b[" not in log, "the log file has no terminal colour codes"
+    assert "absl::InitializeLog" not in log and "cudart_stub" not in log, "nor TensorFlow's start-up lines"
+    assert "Executing task" in log and "Ingest done" in log
 
 
 def test_the_run_is_one_mlflow_parent_run_with_the_kfp_run_id_and_a_child_per_stage(local_runs):
