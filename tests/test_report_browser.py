@@ -56,7 +56,7 @@ def test_the_report_renders_its_key_elements(report, browser):  # noqa: F811 (th
     assert evaluation["champion"]["version"] == 1 and run_id
     assert f"models:/report-check@champion, version 1, MLflow run {run_id}" in champion
     assert f"start it with {evaluation['champion']['ui_command']}, then open " in champion  # a SQLite store
-    assert evaluation["champion"]["run_url"].endswith(f"/runs/{run_id}")
+    assert evaluation["champion"]["run_url"].endswith(f"/runs/{run_id}?workflowType=machine_learning")
     assert page.locator(".champion a").get_attribute("href") == evaluation["champion"]["run_url"]
 
     mistakes = evaluation["misclassified"]["examples"]
