@@ -1,4 +1,5 @@
-"""Headless Debian Chromium for page checks: a session-scoped browser and a helper that opens a page.
+"""Headless Debian Chromium for page checks: a session-scoped browser (registered in conftest.py: one
+Playwright for every test module) and a helper that opens a page.
 
 Pages are checked the way a user sees them: rendered by a real browser (JavaScript run, images
 decoded), then queried for the elements that must be there. The browser is Debian's `chromium`
@@ -7,7 +8,9 @@ decoded), then queried for the elements that must be there. The browser is Debia
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -29,6 +32,17 @@ def browser() -> Iterator["playwright.sync_api.Browser"]:  # noqa: F821 (importe
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
         yield chromium
         chromium.close()
+
+
+# Where page screenshots go (for a look at them): $CVPIPE_SHOTS, else the test's temporary directory.
+SHOTS_ENV = "CVPIPE_SHOTS"
+
+
+def screenshot_path(name: str, tmp_path: Path) -> str:
+    """Where a test saves the screenshot `name`: in $CVPIPE_SHOTS when set, else in `tmp_path`."""
+    folder = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)
 
 
 def open_page(browser, url: str, *, width: int = 1400, height: int = 1000, screenshot: str | None = None):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import browser  # noqa: F401 (one headless Chromium for the session, shared by every test module)
 from components.config import Config, load_config
 from components.ingest.run import IngestResult, run_ingest
 from image_files import write_bad, write_colour_classes, write_plain, write_special

@@ -3,13 +3,12 @@ experiment and run pages rendered by headless Chromium and checked for what a us
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import mlflow
 import pytest
 
-from browser import browser, open_page  # noqa: F401
+from browser import open_page, screenshot_path
 from components.evaluate.run import run_evaluate
 from components.manifest import read_manifest
 from components.register import run_register
@@ -20,8 +19,6 @@ from components.tracking.runs import finish_run, log_stage, start_pipeline_run
 from conftest import make_config
 from mlflow_server import mlflow_server  # noqa: F401
 
-# Where the pages' screenshots go (for a look at them): $CVPIPE_SHOTS, else the test's temporary directory.
-SHOTS_ENV = "CVPIPE_SHOTS"
 # A run name like kfp.local's artifact folder of a pipeline run.
 RUN_NAME = "cvpipe-2026-12-03-06-30-45-567612"
 # A React page renders after its data arrives: wait this long for an element.
@@ -67,9 +64,7 @@ def visible(page, text: str, *, exact: bool = False):
 
 
 def screenshot(page, name: str, tmp_path) -> None:
-    folder = os.environ.get(SHOTS_ENV) or str(tmp_path)
-    os.makedirs(folder, exist_ok=True)
-    page.screenshot(path=os.path.join(folder, name), full_page=True)
+    page.screenshot(path=screenshot_path(name, tmp_path), full_page=True)
 
 
 def test_the_experiment_opens_in_the_model_training_view(tracked, browser, tmp_path):

@@ -4,18 +4,16 @@ rendered by headless Chromium from the file alone and checked for what a user lo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from browser import browser, open_page  # noqa: F401
+from browser import open_page, screenshot_path
 from components.evaluate.champion import registered_champion
 from components.evaluate.run import EvaluateResult, run_evaluate
 from components.register import run_register
 from conftest import make_config
 
-SHOTS = os.environ.get("CVPIPE_SHOTS", "/work/shots")
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +29,9 @@ def report(tiny_run, tiny_export, worse_export, tmp_path_factory) -> EvaluateRes
     return run_evaluate(worse_export, tiny_run.ingest, str(root / "evaluate"), config, champion=champion)
 
 
-def test_the_report_renders_its_key_elements(report, browser):  # noqa: F811 (the fixture)
-    Path(SHOTS).mkdir(parents=True, exist_ok=True)
-    page = open_page(browser, Path(report.output, "evaluation.html").as_uri(), screenshot=f"{SHOTS}/report.png")
+def test_the_report_renders_its_key_elements(report, browser, tmp_path):
+    page = open_page(browser, Path(report.output, "evaluation.html").as_uri(),
+                     screenshot=screenshot_path("report.png", tmp_path))
     assert page.errors == []
     evaluation = json.loads(Path(report.output, "evaluation.json").read_text())
 
