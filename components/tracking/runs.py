@@ -118,7 +118,7 @@ def finish_run(run_id: str, config: Config, *, status: str = "FINISHED", if_runn
         return
     client.set_terminated(run_id, status)
     page = ui_page(config.tracking, client.get_run(run_id).info.experiment_id, run_id)
-    logger.info("Ended MLflow run %s: %s%s", run_id, status, f" ({page})" if page else "")
+    logger.info("Ended MLflow run %s: %s%s", run_id, status, f"; {page}" if page else "")
 
 
 def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | None = None,
