@@ -7,6 +7,8 @@ LOCK_VENV := .venv-lock
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
+# The demo's own training recipe (its shapes mean the same turned, mirrored or inverted).
+DEMO_CONFIG ?= configs/demo.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install run serve mlflow-ui test bench lock clean
@@ -36,7 +38,7 @@ run: install
 	@set -e; \
 	$(PY) -m components.demo_data --output $(RUN_DIR)/images; \
 	$(PY) -m pipeline run --data $(RUN_DIR)/images --workdir $(RUN_DIR) --model-name $(MODEL_NAME) \
-	  --batch-input split:test; \
+	  --config $(DEMO_CONFIG) --batch-input split:test $(RUN_ARGS); \
 	$(SERVE) 2>$(RUN_DIR)/serving/server.log & server=$$!; trap "kill $$server" EXIT; \
 	$(PY) -m serving.client --port $(REST_PORT) --model $(MODEL_NAME) --label stable --wait 120 \
 	  $$(ls $(RUN_DIR)/images/star/* | head -1)

@@ -7,6 +7,7 @@ nowhere else. Output directories (each ends with `manifest.json`, written last):
   ingest          train|valid|test-SSSSS-of-NNNNN.tfrecord.gz, labels.txt, rejects.jsonl, stats.json
   transform       transform_fn/, transformed_metadata/, the records, labels.txt, stats.json
   train           model/ (Keras), training.json, training_curves.png, history.csv
+  tune            tuning.json, best_config.yaml, tuning.png, trials/<trial id>/ (a train output each)
   export          BASE/NAME/<version>/: saved_model.pb, variables/, assets/labels.txt,
                   assets.extra/tf_serving_warmup_requests, tflite/model_<variant>.tflite, export.json
   evaluate        evaluation.json, blessing.json, predictions.jsonl, confusion_matrix_<split>.png,
@@ -52,6 +53,12 @@ MODEL_DIR = "model"
 TRAINING_FILE = "training.json"
 CURVES_FILE = "training_curves.png"
 HISTORY_FILE = "history.csv"
+
+# tune (components.tune)
+TUNING_FILE = "tuning.json"  # every trial (hyperparameters, objective, epochs, seconds) and the best
+BEST_CONFIG_FILE = "best_config.yaml"  # the best trial's hyperparameters: a configuration overlay
+TUNING_PLOT_FILE = "tuning.png"  # the objective per trial and per hyperparameter
+TRIALS_DIR = "trials"  # trials/<trial id>/: a train output per trial
 
 # export: a SavedModel version directory, as TF Serving reads it
 SAVED_MODEL_FILE = "saved_model.pb"

@@ -153,7 +153,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_platform_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="the project image for every step (pinned tag or digest); default "
                         "pipeline.image.PROJECT_IMAGE")
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs for the train step (it then runs the GPU image)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs for the tune and train steps (they then run the GPU image)")
     parser.add_argument("--gpu-image", help="the GPU image (default pipeline.image.GPU_IMAGE)")
     parser.add_argument("--pvc", action="append", default=[], metavar="NAME:/MOUNT/PATH",
                         help="mount a PersistentVolumeClaim on every step (repeatable)")

@@ -22,7 +22,7 @@ component = functools.partial(dsl.component, base_image=PROJECT_IMAGE, install_k
 
 @component
 def configure(config: dict, model_name: str, image_size: int, model: str, epochs: int, batch_size: int,
-              learning_rate: float, min_accuracy: float, min_class_recall: float, max_accuracy_drop: float,
+              learning_rate: float, tune: bool, tune_trials: int, tune_algorithm: str, min_accuracy: float, min_class_recall: float, max_accuracy_drop: float,
               beam_runner: str, beam_options: list, mlflow_tracking_uri: str
               ) -> NamedTuple("Outputs", [("config", dict), ("ingest_config", dict), ("transform_config", dict)]):
     """Sets the typed parameters on `config` and validates it; the cached steps get their sections only."""
@@ -34,7 +34,8 @@ def configure(config: dict, model_name: str, image_size: int, model: str, epochs
     step_setup({})
     resolved = resolve_config(config, dict(
         model_name=model_name, image_size=image_size, model=model, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, min_accuracy=min_accuracy, min_class_recall=min_class_recall,
+        learning_rate=learning_rate, tune=tune, tune_trials=tune_trials, tune_algorithm=tune_algorithm,
+        min_accuracy=min_accuracy, min_class_recall=min_class_recall,
         max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner, beam_options=beam_options,
         mlflow_tracking_uri=mlflow_tracking_uri))
     outputs = collections.namedtuple("Outputs", ["config", "ingest_config", "transform_config"])
@@ -127,14 +128,44 @@ def transform(records: Input[Dataset], code_fingerprint: str, config: dict, tran
 
 
 @component
-def train(transformed: Input[Dataset], config: dict, parent_run_id: str, model: Output[Model],
-          metrics: Output[Metrics]):
-    """Trains the configured Keras model; a retried task resumes from its checkpoints."""
+def tune(transformed: Input[Dataset], config: dict, parent_run_id: str, tuning: Output[Artifact]):
+    """With `tune.enabled`: searches the train stage's hyperparameters (tune.space), and train uses the best
+    trial's; a retried task resumes the search. Off: an empty output marked untuned, and no TensorFlow."""
+    import os
+
+    from pipeline.runtime import step_setup, track
+
+    settings = step_setup(config)
+    tuning.metadata["tuned"] = settings.tune.enabled
+    if not settings.tune.enabled:
+        os.makedirs(tuning.path, exist_ok=True)
+        return
+    from components.tune.search import run_tuning
+
+    best = run_tuning(transformed.path, tuning.path, settings).tuning["best"]
+    tuning.metadata.update({"best_trial": best["trial"], f"best_{settings.tune.objective}": best["objective"],
+                            **{f"best.{key}": value for key, value in best["hyperparameters"].items()}})
+    track("tune", tuning.path, tuning.uri, settings, parent_run_id)
+
+
+@component
+def train(transformed: Input[Dataset], tuning: Input[Artifact], config: dict, parent_run_id: str,
+          model: Output[Model], metrics: Output[Metrics]):
+    """Trains the configured Keras model, with the best hyperparameters of `tuning` when it is a search;
+    a retried task resumes from its checkpoints."""
+    import dataclasses
+
     from components.train.run import run_training
     from pipeline.runtime import step_setup, track
 
     settings = step_setup(config)
-    result = run_training(transformed.path, model.path, settings)
+    record = None
+    if tuning.metadata.get("tuned"):
+        from components.tune.best import read_best_trial
+
+        best = dataclasses.replace(read_best_trial(tuning.path), output=tuning.uri)
+        settings, record = best.apply(settings), best.record()
+    result = run_training(transformed.path, model.path, settings, tuning=record)
     for split, values in result.training["final"].items():
         for name, value in values.items():
             metrics.log_metric(f"{split}_{name}", value)

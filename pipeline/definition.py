@@ -1,9 +1,10 @@
 """The cvpipe pipeline: the stages wired as one kfp v2 pipeline. No stage logic lives here.
 
-    configure, start_run ─> ingest ─> transform ─> train ─> export ─> evaluate ─> register
+    configure, start_run ─> ingest ─> transform ─> tune ─> train ─> export ─> evaluate ─> register
                                                                           └─ if blessed ─> deploy
                                                                                └─ if batch_input ─> batch_predict
     finish_run: the exit handler, always (it ends the MLflow run with the pipeline's state)
+    tune searches only with the `tune` parameter (tune.enabled); off, it passes train nothing to apply
 
 `build_pipeline(config)` makes the pipeline for one compiled configuration: it is the `config`
 parameter's default and the typed parameters' defaults (see pipeline.parameters). No
@@ -40,6 +41,7 @@ RESOURCES = {
     "ingest": Resources("2", "4G"),
     "track-stage": Resources("0.5", "2G"),
     "transform": Resources("2", "8G"),
+    "tune": Resources("4", "16G"),
     "train": Resources("4", "16G"),
     "export": Resources("2", "8G"),
     "evaluate": Resources("2", "8G"),
@@ -49,9 +51,10 @@ RESOURCES = {
 }
 # Steps whose output is a function of their content-derived inputs: they may be served from cache.
 CACHED_STEPS = frozenset({"ingest", "transform"})
-# A retried train step resumes from its checkpoints (BackupAndRestore) where its artifact path
-# outlives the pod (kfp.local, GCS FUSE on Vertex AI); elsewhere it starts over.
+# A retried train or tune step resumes from its checkpoints (BackupAndRestore; the search's oracle state)
+# where its artifact path outlives the pod (kfp.local, GCS FUSE on Vertex AI); elsewhere it starts over.
 TRAIN_RETRIES = 2
+TRAINING_STEPS = ("tune", "train")  # retried, and on the GPU image with --gpus
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class PlatformOptions:
     """Compile-time choices for a cluster: images, GPUs, volumes and credentials (kfp-kubernetes)."""
 
     image: str | None = None  # replaces pipeline.image.PROJECT_IMAGE for every step
-    gpus: int = 0  # GPUs for the train step, which then runs GPU_IMAGE (or gpu_image)
+    gpus: int = 0  # GPUs for the tune and train steps, which then run GPU_IMAGE (or gpu_image)
     gpu_image: str | None = None
     accelerator_type: str = "nvidia.com/gpu"
     pvcs: dict[str, str] = field(default_factory=dict)  # PVC name -> mount path, on every step
@@ -107,6 +110,9 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
         epochs: int = defaults["epochs"],
         batch_size: int = defaults["batch_size"],
         learning_rate: float = defaults["learning_rate"],
+        tune: bool = defaults["tune"],
+        tune_trials: int = defaults["tune_trials"],
+        tune_algorithm: str = defaults["tune_algorithm"],
         min_accuracy: float = defaults["min_accuracy"],
         min_class_recall: float = defaults["min_class_recall"],
         max_accuracy_drop: float = defaults["max_accuracy_drop"],
@@ -120,13 +126,15 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
         served model's name; `serving_base_path`: TF Serving's model root; `serving_address`: a running
         server for a safe label move; `batch_input`: what to score after deploy ("": nothing,
         `split:test`: this run's test split); `mlflow_run_id`: an MLflow run reserved for this run (by
-        `python -m pipeline retrain`). The typed parameters are set on `config` and win over its values."""
+        `python -m pipeline retrain`); `tune`: search hyperparameters before train (`tune_trials` trials of
+        `tune_algorithm`). The typed parameters are set on `config` and win over its values."""
         finish = configure(steps.finish_run(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, mlflow_run_id=mlflow_run_id,
                                             config=config, mlflow_tracking_uri=mlflow_tracking_uri), "finish-run")
         with dsl.ExitHandler(finish, name="tracked-run"):
             settings = configure(steps.configure(
                 config=config, model_name=model_name, image_size=image_size, model=model, epochs=epochs,
-                batch_size=batch_size, learning_rate=learning_rate, min_accuracy=min_accuracy,
+                batch_size=batch_size, learning_rate=learning_rate, tune=tune, tune_trials=tune_trials,
+                tune_algorithm=tune_algorithm, min_accuracy=min_accuracy,
                 min_class_recall=min_class_recall, max_accuracy_drop=max_accuracy_drop, beam_runner=beam_runner,
                 beam_options=beam_options, mlflow_tracking_uri=mlflow_tracking_uri), "configure")
             resolved = settings.outputs["config"]
@@ -144,7 +152,9 @@ def build_pipeline(config: Config, platform: PlatformOptions = PlatformOptions()
             transformed = transform.outputs["transformed"]
             configure(steps.track_stage(stage="transform", output=transformed, config=resolved, parent_run_id=run_id),
                       "track-stage").set_display_name("track-transform")
-            train = configure(steps.train(transformed=transformed, config=resolved, parent_run_id=run_id), "train")
+            search = configure(steps.tune(transformed=transformed, config=resolved, parent_run_id=run_id), "tune")
+            train = configure(steps.train(transformed=transformed, tuning=search.outputs["tuning"], config=resolved,
+                                          parent_run_id=run_id), "train")
             export = configure(steps.export(model=train.outputs["model"], transformed=transformed,
                                             model_name=model_name, serving_base_path=serving_base_path,
                                             config=resolved, parent_run_id=run_id), "export")
@@ -174,7 +184,7 @@ def _configure_task(task: dsl.PipelineTask, name: str, platform: PlatformOptions
     task.set_memory_request(resources.memory).set_memory_limit(resources.memory)
     if platform.image:
         task.set_container_image(check_pinned(platform.image))
-    if name == "train":
+    if name in TRAINING_STEPS:
         task.set_retry(TRAIN_RETRIES)
         if platform.gpus:
             task.set_container_image(check_pinned(platform.gpu_image or GPU_IMAGE))

@@ -195,7 +195,7 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
     blessing = read_json(f"{outputs['evaluate']}/{BLESSING_FILE}") if "evaluate" in outputs else None
     batch = read_json(f"{outputs['batch_predict']}/{SUMMARY_FILE}") if "batch_predict" in outputs else None
     versions = registered_versions(config, register_run) if register_run else []
-    order = ["ingest", "transform", "train", "export", "evaluate", "batch_predict"]
+    order = ["ingest", "transform", "tune", "train", "export", "evaluate", "batch_predict"]
     outputs = dict(sorted(outputs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     page = ui_page(settings, mlflow_client(settings).get_run(run_id).info.experiment_id, run_id)
     files = {**_files_to_open(outputs, config), **summary["files"]}
@@ -204,8 +204,9 @@ def summarize(config: Config, arguments: Mapping[str, Any], *, pipeline_root: st
 
 
 def _files_to_open(outputs: Mapping[str, str], config: Config) -> dict[str, str]:
-    """What a user opens after a run, by what it shows: the report, the confusion matrix, the training curves."""
-    from components.artifacts import CURVES_FILE, REPORT_FILE, confusion_matrix_file
+    """What a user opens after a run, by what it shows: the report, the confusion matrix, the training curves
+    and, for a tuned run, the search's plot."""
+    from components.artifacts import CURVES_FILE, REPORT_FILE, TUNING_PLOT_FILE, confusion_matrix_file
 
     files = {}
     if "evaluate" in outputs:
@@ -213,4 +214,6 @@ def _files_to_open(outputs: Mapping[str, str], config: Config) -> dict[str, str]
         files["confusion matrix"] = f"{outputs['evaluate']}/{confusion_matrix_file(config.evaluate.splits[0])}"
     if "train" in outputs:
         files["training curves"] = f"{outputs['train']}/{CURVES_FILE}"
+    if "tune" in outputs:
+        files["tuning trials"] = f"{outputs['tune']}/{TUNING_PLOT_FILE}"
     return files

@@ -28,11 +28,12 @@ from pipeline.__main__ import main
 from pipeline.cluster import kfp_cron
 from pipeline.definition import CACHED_STEPS, RESOURCES
 from pipeline.image import GPU_IMAGE, PROJECT_IMAGE, check_pinned
+from components.tune.tracked import TUNED_TAG
 from pipeline.local import PipelineRunError, RunSummary, run_local
 
 SETTINGS = ("transform.image_size=32", "train.batch_size=16", "train.tensorboard_images=0", "export.tflite=[]",
             "export.warmup_requests=1", "tracking.experiment=pipeline-test", "tracking.registered_model=pipeline-test")
-STAGES = ("ingest", "transform", "train", "export", "evaluate", "batch_predict")
+STAGES = ("ingest", "transform", "tune", "train", "export", "evaluate", "batch_predict")
 
 
 def compile_ir(tmp_path: Path, *flags: str) -> list[dict]:
@@ -62,11 +63,12 @@ def test_compiled_ir_has_the_stage_graph(tmp_path):
     ir = compile_ir(tmp_path)[0]
     tasks = dag_tasks(ir)
     edges = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
-    assert {"ingest", "transform", "train", "export", "evaluate", "register", "deploy", "batch-predict",
+    assert {"ingest", "transform", "tune", "train", "export", "evaluate", "register", "deploy", "batch-predict",
             "start-run", "finish-run", "configure"} <= set(tasks)
     assert "start-run" in edges["ingest"]
     assert "ingest" in edges["transform"]
-    assert "transform" in edges["train"]
+    assert "transform" in edges["tune"]
+    assert {"transform", "tune"} <= edges["train"]
     assert {"train", "transform"} <= edges["export"]
     assert {"export", "ingest"} <= edges["evaluate"]
     assert {"evaluate", "export"} <= edges["register"]
@@ -105,6 +107,8 @@ def test_compiled_ir_loads_back_as_a_component_with_typed_parameters(tmp_path):
     inputs = loaded.component_spec.inputs
     assert inputs["epochs"].type == "Integer" and inputs["epochs"].default == 7
     assert inputs["learning_rate"].type == "Float" and inputs["data_source"].type == "String"
+    assert inputs["tune"].type == "Boolean" and inputs["tune"].default is False
+    assert inputs["tune_trials"].default == 10 and inputs["tune_algorithm"].default == "bayesian"
     assert inputs["config"].default["train"]["epochs"] == 7
     assert not inputs["data_source"].optional
 
@@ -114,8 +118,9 @@ def test_cluster_options_mount_volumes_and_secrets_and_give_training_a_gpu(tmp_p
                               "--gcp-secret", "cvpipe-gcp", "--aws-secret", "cvpipe-aws",
                               "--image", "registry/cvpipe:2.0")
     executors = ir["deploymentSpec"]["executors"]
-    assert executors["exec-train"]["container"]["image"] == GPU_IMAGE
-    assert executors["exec-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    for step in ("exec-tune", "exec-train"):
+        assert executors[step]["container"]["image"] == GPU_IMAGE
+        assert executors[step]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert executors["exec-ingest"]["container"]["image"] == "registry/cvpipe:2.0"
     kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(kubernetes) == set(executors)
@@ -162,14 +167,16 @@ class LocalRuns:
 
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory) -> LocalRuns:
-    """Two kfp.local runs on the same tiny data: a model that is blessed, then one that is not."""
+    """Two kfp.local runs on the same tiny data: a tuned model that is blessed, then an untuned one that is not."""
     root = tmp_path_factory.mktemp("pipeline")
     images, serving = root / "images", root / "serving"
     write_colour_classes(images, per_class=30)
     arguments = {"data_source": str(images), "serving_base_path": str(serving), "model_name": "tiny",
                  "batch_input": "split:test"}
-    permissive = make_config(*SETTINGS, "train.epochs=4", "evaluate.min_accuracy=0", "evaluate.min_class_recall=0")
-    blessed = run_local(arguments, permissive, pipeline_root=str(root / "kfp"), log_file=str(root / "blessed.log"))
+    blessed = run_local({**arguments, "tune": True, "tune_trials": 2, "tune_algorithm": "random"},
+                        make_config(*SETTINGS, "train.epochs=4", "evaluate.min_accuracy=0", "evaluate.min_class_recall=0",
+                                    "tune.epochs=1"),
+                        pipeline_root=str(root / "kfp"), log_file=str(root / "blessed.log"))
     # One epoch at a tiny learning rate cannot reach 100 % accuracy: not blessed.
     strict = make_config(*SETTINGS, "train.epochs=1", "train.learning_rate=0.00001", "evaluate.min_accuracy=1")
     unblessed = run_local(arguments, strict, pipeline_root=str(root / "kfp"), log_file=str(root / "unblessed.log"))
@@ -193,9 +200,30 @@ def test_a_blessed_run_passes_artifacts_through_every_stage_and_deploys(local_ru
     assert [v.champion for v in run.model_versions] == [True]
 
 
+def test_a_tuned_run_trains_with_the_best_trial_and_says_so(local_runs):
+    tuning = json.loads(Path(local_runs.blessed.outputs["tune"], "tuning.json").read_text())
+    assert [t["status"] for t in tuning["trials"]] == ["COMPLETED"] * 2
+    training = json.loads(Path(local_runs.blessed.outputs["train"], "training.json").read_text())
+    assert training["tuning"]["best_trial"] == tuning["best"]["trial"]
+    assert training["tuning"]["output"].startswith(str(local_runs.root / "kfp"))
+    trained = training["config"]["train"]
+    for key, value in tuning["best"]["hyperparameters"].items():
+        section, _, name = key.rpartition(".")
+        assert (trained[section] if section else trained)[name] == value, key
+    assert trained["epochs"] == 4, "the trials' epochs (tune.epochs) are not the training's"
+    report = Path(local_runs.blessed.outputs["evaluate"], "evaluation.html").read_text()
+    assert "the best of 2 random trials" in report
+    config = make_config(*SETTINGS)
+    parent = mlflow.MlflowClient(tracking_uri(config.tracking)).get_run(local_runs.blessed.mlflow_run_id)
+    assert parent.data.tags[TUNED_TAG].startswith("random: 2 trials, best ")
+    assert parent.data.metrics["tune.best_val_accuracy"] == tuning["best"]["objective"]
+    untuned = json.loads(Path(local_runs.unblessed.outputs["train"], "training.json").read_text())
+    assert "tuning" not in untuned and "tune" not in local_runs.unblessed.outputs
+
+
 def test_the_summary_names_the_files_to_open_as_clickable_paths_and_the_mlflow_run_page(local_runs):
     run = local_runs.blessed
-    assert set(run.files) == {"evaluation report", "confusion matrix", "training curves", "whole log"}
+    assert set(run.files) == {"evaluation report", "confusion matrix", "training curves", "tuning trials", "whole log"}
     assert all(Path(path).is_file() for path in run.files.values()), run.files
     text = str(run)
     for path in run.files.values():

@@ -156,10 +156,11 @@ def test_backbones_build_from_scratch_and_from_a_local_weights_file(name, tmp_pa
 
 @pytest.mark.slow
 def test_small_cnn_reaches_the_target_accuracy_on_the_demo_data(tmp_path):
-    """The default demo dataset and config (what `make run` trains): > 0.95 test accuracy."""
+    """The demo dataset with the training defaults, without the demo's own recipe (configs/demo.yaml):
+    >= 0.95 test accuracy (measured 0.952 without it, 0.980 with it, which `make run` trains)."""
     generate_demo_dataset(tmp_path / "images")
     config = make_config()
     ingest = run_ingest(str(tmp_path / "images"), str(tmp_path / "ingest"), config)
     transform = run_transform(ingest.output, str(tmp_path / "transform"), config)
     result = run_training(transform.output, str(tmp_path / "train"), config)
-    assert result.training["final"]["test"]["accuracy"] > 0.95, result.training["final"]
+    assert result.training["final"]["test"]["accuracy"] >= 0.95, result.training["final"]

@@ -143,6 +143,7 @@ def write_report(path: str, evaluation: dict, blessing: dict, figures: Mapping[s
         _meta(evaluation),
         _banner(blessing),
         _champion(evaluation.get("champion")),
+        _tuning(evaluation.get("tuning")),
         "<h2>Checks</h2>",
         _checks_table(blessing.get("checks", [])),
     ]
@@ -242,6 +243,16 @@ def _banner(blessing: Mapping[str, Any]) -> str:
     banner = (f'<div class="banner {"blessed" if blessed else "not-blessed"}">'
               f'{"BLESSED" if blessed else "NOT BLESSED"}</div>')
     return banner + (f'<ul class="reasons">{reasons}</ul>' if reasons else "")
+
+
+def _tuning(tuning: Mapping[str, Any] | None) -> str:
+    """Where the model's hyperparameters came from: the configuration, or the best trial of a search."""
+    if not tuning:
+        return '<p class="champion">Hyperparameters: as configured (no search).</p>'
+    values = ", ".join(f"{_text(key)} <code>{_text(value)}</code>" for key, value in sorted(tuning["hyperparameters"].items()))
+    return (f'<p class="champion">Hyperparameters: tuned, the best of {_text(tuning["trials"])} '
+            f'{_text(tuning["algorithm"])} trials (trial {_text(tuning["best_trial"])}, {_text(tuning["objective"])} '
+            f'{tuning["best_objective"]:.4f}) in <code>{_text(tuning["output"])}</code>: {values}.</p>')
 
 
 def _champion(champion: Mapping[str, Any] | None) -> str:

@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from components.artifacts import (BLESSING_FILE, DATASET_FINGERPRINT, EVALUATION_FILE, IMAGE_INPUT, MANIFEST_FILE,
+from components.artifacts import (BLESSING_FILE, DATASET_FINGERPRINT, EVALUATION_FILE, EXPORT_FILE, IMAGE_INPUT,
+                                  MANIFEST_FILE,
                                   MODEL_LABELS_FILE, PREDICTIONS_FILE, PROBABILITIES, REPORT_FILE, SERVING_SIGNATURE,
                                   calibration_file, confusion_matrix_file, fingerprint, saved_model_dir)
 from components.config import Config, EvaluateConfig
@@ -37,7 +38,7 @@ from components.evaluate import report
 from components.evaluate.blessing import bless
 from components.evaluate.champion import Champion
 from components.evaluate.metrics import classification_metrics, most_confident_mistakes, size_bucket, sliced_metrics
-from components.files import write_json
+from components.files import exists, read_json, write_json
 from components.manifest import Manifest, read_manifest, write_manifest
 from components.records import FEATURE_TYPES
 from components.staging import staged_output
@@ -62,6 +63,12 @@ class _Predictions:
     label_ids: np.ndarray
     probabilities: np.ndarray
     slices: dict[str, list[str]]
+
+
+def _export_record(model: str) -> dict[str, Any]:
+    """The model's export.json (components.export), or {} for a SavedModel exported otherwise."""
+    path = posixpath.join(model, EXPORT_FILE)
+    return read_json(path) if exists(path) else {}
 
 
 def run_evaluate(model: str, data: str, output: str, config: Config, *, champion: Champion | None = None,
@@ -103,6 +110,7 @@ def run_evaluate(model: str, data: str, output: str, config: Config, *, champion
         "splits": candidate,
         "champion": None if champion_metrics is None else {**champion_identity, "splits": champion_metrics},
         "misclassified": misclassified,
+        "tuning": _export_record(model).get("tuning"),
     }
     blessing = bless(candidate, champion_metrics, settings,
                      champion=None if champion_metrics is None else champion_identity)

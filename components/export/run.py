@@ -30,14 +30,14 @@ import tensorflow as tf
 
 from components.artifacts import (DATASET_FINGERPRINT, EXPORT_FILE, IMAGE_INPUT, IMAGES_INPUT, IMAGES_SIGNATURE, LABEL,
                                   MANIFEST_FILE, MODEL_DIR, OUTPUT_KEYS, PROBABILITIES, SERVING_SIGNATURE, TFLITE_DIR,
-                                  TRAIN_FINGERPRINT, TRANSFORM_FINGERPRINT, TransformStats, fingerprint, next_version,
-                                  tflite_file)
+                                  TRAIN_FINGERPRINT, TRAINING_FILE, TRANSFORM_FINGERPRINT, TransformStats, fingerprint,
+                                  next_version, tflite_file)
 from components.config import Config
 from components.dataset import read_labels, read_split, split_files
 from components.export import tflite
 from components.export.serving import save_serving_model
 from components.export.warmup import write_warmup_requests
-from components.files import write_json
+from components.files import read_json, write_json
 from components.manifest import Manifest, read_manifest, write_manifest
 from components.staging import staged_output
 
@@ -97,6 +97,8 @@ def run_export(train_dir: str, transform_dir: str, output: str, config: Config,
             "warmup_requests": len(warmup_images),
             "tflite": variants,
             "seconds": round(time.monotonic() - started, 1),
+            # The search the training's hyperparameters came from (components.tune), or None.
+            "tuning": read_json(posixpath.join(train_dir, TRAINING_FILE)).get("tuning"),
         }
         write_json(posixpath.join(work_dir, EXPORT_FILE), export)
         graph_config = {"export": config.to_dict()["export"], "ingest": {"max_pixels": max_pixels}}

@@ -122,13 +122,14 @@ def finish_run(run_id: str, config: Config, *, status: str = "FINISHED", if_runn
 
 
 def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | None = None,
-              location: str | None = None) -> str:
-    """Logs a finished stage output as a run named after the stage (a child of `parent_run_id` when
-    given) spanning the stage's start and finish (its manifest's `span_ms`): params from its
-    manifest's config, metrics, documents and artifacts as its stage declares them (`stages`), the
-    splits it was made from as dataset inputs (`datasets.stage_inputs`; those of ingest on the parent
-    run too). `location` is where the output lives for good when `output` is a local
-    copy (a pipeline step's artifact URI). Returns the run id."""
+              location: str | None = None, run_name: str | None = None) -> str:
+    """Logs a finished stage output as a run named after the stage or `run_name` (a child of
+    `parent_run_id` when given) spanning the stage's start and finish (its manifest's `span_ms`): params
+    from its manifest's config, metrics, documents, artifacts, child outputs and the parent run's
+    metrics and tags as its stage declares them (`stages`), the splits it was made from as dataset
+    inputs (`datasets.stage_inputs`; those of ingest on the parent run too). `location` is where the
+    output lives for good when `output` is a local copy (a pipeline step's artifact URI). Returns the
+    run id."""
     tracked_outputs = stages.tracked_outputs(stage)
     output = output.rstrip("/")
     manifest = read_manifest(output, stage)
@@ -146,7 +147,7 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
 
     client = mlflow_client(config.tracking)
     started, finished = manifest.span_ms()
-    run_id = client.create_run(experiment_id(client, config.tracking), start_time=started, run_name=stage,
+    run_id = client.create_run(experiment_id(client, config.tracking), start_time=started, run_name=run_name or stage,
                                tags=safe_tags(tags)).info.run_id
     try:
         metrics = _metrics(log.metrics, log.history)
@@ -163,6 +164,11 @@ def log_stage(stage: str, output: str, config: Config, *, parent_run_id: str | N
                     client.log_artifacts(run_id, local, posixpath.basename(path))
                 else:
                     client.log_artifact(run_id, local)
+        for child_stage, child_output, child_name in log.children:
+            log_stage(child_stage, child_output, config, parent_run_id=run_id, run_name=child_name)
+        if parent_run_id and (log.parent_metrics or log.parent_tags):
+            client.log_batch(parent_run_id, metrics=_metrics(log.parent_metrics),
+                             tags=[RunTag(key, value) for key, value in safe_tags(log.parent_tags).items()])
     except BaseException:
         client.set_terminated(run_id, "FAILED", end_time=finished)
         raise

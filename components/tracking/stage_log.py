@@ -30,13 +30,18 @@ class StageLog:
     names are dotted paths, made valid MLflow keys when logged. `documents` are JSON artifacts made
     from the output's files, by artifact name. `artifacts` name the output's files and directories
     to copy; those missing are skipped. (The run's tag `cvpipe.dataset_fingerprint` is the
-    manifest's `dataset_fingerprint`.)
+    manifest's `dataset_fingerprint`.) `children` are stage outputs inside this one, each logged as
+    a child run of this run: (stage, output, run name), e.g. a search's trials. `parent_metrics` and
+    `parent_tags` also go on the pipeline run, when the stage runs in one.
     """
 
     metrics: Mapping[str, float] = field(default_factory=dict)
     history: Sequence[tuple[int, Mapping[str, float]]] = ()
     documents: Mapping[str, Any] = field(default_factory=dict)
     artifacts: Sequence[str] = ()
+    children: Sequence[tuple[str, str, str]] = ()
+    parent_metrics: Mapping[str, float] = field(default_factory=dict)
+    parent_tags: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_optional(output: str, name: str) -> Any:

@@ -21,6 +21,7 @@ _DECLARATIONS = {
     "ingest": "components.ingest.tracked",
     "transform": "components.transform.tracked",
     "train": "components.train.tracked",
+    "tune": "components.tune.tracked",
     "export": "components.export.tracked",
     "evaluate": "components.evaluate.tracked",
     "batch_predict": "components.batch_predict.tracked",

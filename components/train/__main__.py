@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transformed", required=True, help="transform output directory")
     parser.add_argument("--output", required=True, help="training output directory (rerun the same command to resume)")
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+    parser.add_argument("--tuning", metavar="DIR", help="a finished search (python -m components.tune): train with "
+                        "its best hyperparameters (over --config and the flags) and record the search in "
+                        "training.json")
     for name, (kind, choices) in _FLAGS.items():
         section, key = _key(name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices,
@@ -43,10 +46,20 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.append(f"{_key(name)[1]}={value}")
     cli.start_logging(args)
     config = cli.config_from_args(parser, args)
+    best = None
+    if args.tuning:
+        from components.tune.best import read_best_trial
+
+        try:
+            best = read_best_trial(args.tuning)
+        except (OSError, ValueError) as e:
+            cli.usage_error(parser, f"--tuning {e}")
+        config = best.apply(config)
     from components.train.run import run_training  # TensorFlow loads after the arguments are checked
 
     def train() -> str | None:
-        result = run_training(args.transformed, args.output, config, overwrite=args.overwrite)
+        result = run_training(args.transformed, args.output, config, overwrite=args.overwrite,
+                              tuning=best.record() if best else None)
         return result.output if result.chief else None
 
     return run_stage("train", train, config)

@@ -25,7 +25,7 @@ import os
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -72,8 +72,13 @@ class _EpochLog(keras.callbacks.Callback):
                     ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())), rate)
 
 
-def run_training(transform_dir: str, output: str, config: Config, *, overwrite: bool = False) -> TrainResult:
-    """Trains `config.train.model` on a transform output; resumes an unfinished run in `output`."""
+def run_training(transform_dir: str, output: str, config: Config, *, overwrite: bool = False,
+                 extra_callbacks: Sequence[keras.callbacks.Callback] = (), tuning: Mapping[str, Any] | None = None
+                 ) -> TrainResult:
+    """Trains `config.train.model` on a transform output; resumes an unfinished run in `output`.
+
+    `extra_callbacks` join every `fit` (a tuning trial's early stop); `tuning` is the search the
+    hyperparameters came from (`components.tune.search.tuning_record`), kept in training.json."""
     settings = config.train
     output = output.rstrip("/")
     if tf.io.gfile.exists(posixpath.join(output, MANIFEST_FILE)):
@@ -136,6 +141,7 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
                                         histogram_freq=int(settings.tensorboard_histograms)),
             keras.callbacks.BackupAndRestore(posixpath.join(output, "backup", phase),
                                              save_freq=settings.checkpoint_every_steps or "epoch"),
+            *extra_callbacks,
         ]
         built.model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=valid_data, callbacks=callbacks, verbose=0)
@@ -186,6 +192,8 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
         "final": final,
         "weights_sha256": digest,
     }
+    if tuning:
+        training["tuning"] = dict(tuning)
     if chief:
         write_json(posixpath.join(out, TRAINING_FILE), training)
         plot_curves(history, posixpath.join(out, CURVES_FILE), restored_epoch=restored, monitor=monitor)
