@@ -21,7 +21,7 @@ from components.manifest import code_version
 
 # The benchmarks, each the module bench.NAME with `run(settings) -> rows`; imported once the arguments are checked
 # (they load TensorFlow).
-BENCHMARKS = ("batch_predict", "ingest", "serving", "train")
+BENCHMARKS = ("batch_predict", "ingest", "serving", "train", "tune")
 RESULT_FILES = ("results.json", "results.md")
 logger = logging.getLogger("bench")
 
@@ -29,7 +29,7 @@ logger = logging.getLogger("bench")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; its defaults are `make bench`'s (BenchSettings' defaults)."""
     defaults = BenchSettings()
-    parser = cli.parser("python -m bench", "Run the benchmarks (ingest, training, serving, batch scoring), print a "
+    parser = cli.parser("python -m bench", "Run the benchmarks (ingest, training, serving, batch scoring, tuning), print a "
                         "table and write results.json and results.md; the results are logged to MLflow when "
                         "tracking is on.")
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
