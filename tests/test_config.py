@@ -96,3 +96,26 @@ def test_in_process_bundles_sample_their_state_often_enough_not_to_wait_on_the_s
 
     beam_pipeline(beam_options(load_config(), None, []))
     assert StateSampler("stage", CounterFactory()).sampling_period_ms == EMBEDDED_SAMPLING_PERIOD_MS < 200
+
+
+def test_the_defaults_change_no_image_meaning_and_the_demo_recipe_is_its_own_file():
+    """Flips, quarter turns and inversion can turn one class into another (a 6 into a 9): off by default;
+    configs/demo.yaml (what `make run` passes) switches them on for the demo's shapes, and nothing else."""
+    from pathlib import Path
+
+    defaults = load_config().train.augment
+    assert (defaults.flip, defaults.quarter_turns, defaults.invert, defaults.color) == (False, False, False, True)
+    demo_file = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = load_config(str(demo_file))
+    assert (demo.train.augment.flip, demo.train.augment.quarter_turns, demo.train.augment.invert,
+            demo.train.augment.color) == (True, True, True, False)
+    changed = {section for section, values in demo.to_dict().items() if values != load_config().to_dict()[section]}
+    assert changed == {"train"}
+    assert "--config $(DEMO_CONFIG)" in (demo_file.parents[1] / "Makefile").read_text()
+
+
+def test_a_float_written_without_a_dot_is_a_float():
+    """YAML 1.1 reads 1e-3 as a string: a float setting takes it as the number it means."""
+    assert load_config(overrides=["train.learning_rate=1e-3"]).train.learning_rate == 0.001
+    with pytest.raises(ConfigError, match="train.learning_rate must be float"):
+        load_config(overrides=["train.learning_rate=fast"])
