@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import tensorflow as tf
 
+from components.artifacts import MANIFEST_FILE
 from components.files import parse_json, remove, write_file
 from components.manifest import Origin
 
@@ -93,6 +94,17 @@ def staged_output(output: str, overwrite: bool, keep_on: tuple[type[BaseExceptio
         else:
             tf.io.gfile.rename(work_dir, output)
         owner.release()
+
+
+def resumable_output(output: str, overwrite: bool, finished_what: str) -> str:
+    """`output` (without a trailing slash) for a stage that resumes in place (train, tune): a finished
+    output (its manifest written) is removed with `overwrite`, else a FileExistsError."""
+    output = output.rstrip("/")
+    if tf.io.gfile.exists(posixpath.join(output, MANIFEST_FILE)):
+        if not overwrite:
+            raise FileExistsError(f"{output} holds a finished {finished_what}; pass --overwrite to start again")
+        tf.io.gfile.rmtree(output)
+    return output
 
 
 def remove_leftovers(output: str) -> None:

@@ -30,13 +30,14 @@ from typing import Any, Mapping, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from components.artifacts import (CURVES_FILE, DATASET_FINGERPRINT, HISTORY_FILE, MANIFEST_FILE, MODEL_DIR,
+from components.artifacts import (CURVES_FILE, DATASET_FINGERPRINT, HISTORY_FILE, MODEL_DIR,
                                   TRAINING_FILE, TRANSFORM_FINGERPRINT, TransformStats, fingerprint)
 from components.config import Config, TrainConfig
 from components.dataset import read_labels
 from components.files import write_json
 from components.manifest import Manifest, read_manifest, write_manifest
 from components.normalisation import scaled_from_normalised
+from components.staging import resumable_output
 from components.train.distribute import barrier, cluster_workers, is_chief, make_strategy, worker_output_dir
 from components.train.inputs import count_examples, make_dataset
 from components.train.models import AUGMENTATION, build_model, unfreeze_top
@@ -78,13 +79,9 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     """Trains `config.train.model` on a transform output; resumes an unfinished run in `output`.
 
     `extra_callbacks` join every `fit` (a tuning trial's early stop); `tuning` is the search the
-    hyperparameters came from (`components.tune.search.tuning_record`), kept in training.json."""
+    hyperparameters came from (`components.tune.best.BestTrial.record`), kept in training.json."""
     settings = config.train
-    output = output.rstrip("/")
-    if tf.io.gfile.exists(posixpath.join(output, MANIFEST_FILE)):
-        if not overwrite:
-            raise FileExistsError(f"{output} holds a finished training run; pass --overwrite to train again")
-        tf.io.gfile.rmtree(output)
+    output = resumable_output(output, overwrite, "training run")
     started = time.monotonic()
     strategy = make_strategy(settings.distribute)  # first: collective ops are set up before any other op
     if settings.deterministic:  # TensorFlow has no public switch back: it stays on for the process

@@ -38,6 +38,7 @@ from components.artifacts import (BEST_CONFIG_FILE, DATASET_FINGERPRINT, MANIFES
 from components.config import TUNE_OBJECTIVES, Config
 from components.files import read_json, write_file, write_json
 from components.manifest import Manifest, read_manifest, write_manifest
+from components.staging import resumable_output
 from components.train.inputs import count_examples
 from components.train.run import run_training
 from components.tune.plot import plot_tuning
@@ -162,11 +163,7 @@ def objective_value(training: Mapping[str, Any], objective: str) -> float:
 def run_tuning(transform_dir: str, output: str, config: Config, *, overwrite: bool = False) -> TuneResult:
     """Searches `config.tune.space` on a transform output; resumes an unfinished search in `output`."""
     settings = config.tune
-    output = output.rstrip("/")
-    if tf.io.gfile.exists(posixpath.join(output, MANIFEST_FILE)):
-        if not overwrite:
-            raise FileExistsError(f"{output} holds a finished search; pass --overwrite to search again")
-        tf.io.gfile.rmtree(output)
+    output = resumable_output(output, overwrite, "search")
     if not count_examples(transform_dir, "valid"):
         raise ValueError(f"{transform_dir} has no validation images: the search's objective "
                          f"({settings.objective}) is measured on the valid split (set ingest.splits.valid > 0)")
