@@ -46,11 +46,13 @@ def screenshot_path(name: str, tmp_path: Path) -> str:
 
 
 def open_page(browser, url: str, *, width: int = 1400, height: int = 1000, screenshot: str | None = None):
-    """A new page at `url`, loaded and its network idle; page errors are collected in `page.errors`."""
+    """A new page at `url`, loaded (its document, scripts and images); page errors are collected in
+    `page.errors`. Not "network idle": a single-page app that polls (MLflow's UI) may never be idle for
+    500 ms on a busy machine; callers wait for what they look for to be visible."""
     page = browser.new_page(viewport={"width": width, "height": height})
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
-    page.goto(url, wait_until="networkidle")
+    page.goto(url, wait_until="load")
     if screenshot:
         page.screenshot(path=screenshot, full_page=True)
     return page

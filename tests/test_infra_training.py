@@ -121,7 +121,8 @@ def test_training_command_is_accepted_by_the_train_cli(builds, name, monkeypatch
     assert container["image"] == project_image()
     calls = []
 
-    def fake_training(transform_dir, output, config, overwrite=False):
+    def fake_training(transform_dir, output, config, overwrite=False, tuning=None):
+        assert tuning is None  # the manifests train as configured; tuning is the pipeline's step
         calls.append((transform_dir, output, config, overwrite))
         return train_run.TrainResult(output, {}, chief=False)
 

@@ -56,6 +56,7 @@ def test_the_report_renders_its_key_elements(report, browser, tmp_path):
     assert f"start it with {evaluation['champion']['ui_command']}, then open " in champion  # a SQLite store
     assert evaluation["champion"]["run_url"].endswith(f"/runs/{run_id}?workflowType=machine_learning")
     assert page.locator(".champion a").get_attribute("href") == evaluation["champion"]["run_url"]
+    assert page.locator(".tuning").inner_text() == "Hyperparameters: as configured (no search)."
 
     mistakes = evaluation["misclassified"]["examples"]
     assert mistakes and len(mistakes) == evaluation["misclassified"]["total"]  # fewer than the 16 shown at most

@@ -165,7 +165,7 @@ def test_pipeline_run_has_a_child_run_per_stage(outputs, mlflow_server, monkeypa
     assert len(training["epochs"]) == 1
     assert train.data.metrics["final.test.accuracy"] == training["final"]["test"]["accuracy"]
     assert {"wall_seconds", "train_images_per_second", "final.valid.loss"} <= set(train.data.metrics)
-    assert train.data.params["train.model"] == "small_cnn" and train.data.params["train.augment.flip"] == "True"
+    assert train.data.params["train.model"] == "small_cnn" and train.data.params["train.augment.color"] == "True"
     assert {"training.json", "training_curves.png", "history.csv"} <= artifact_paths(client, train.info.run_id)
 
     export = runs["export"]

@@ -42,7 +42,7 @@ thead th { background: #f3f3f3; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .figures figure { margin: 1em 0; flex: 1 1 400px; max-width: 540px; }
 .figures img { width: 100%; border: 1px solid #eee; }
-.champion { margin: .5em 0 1.5em 0; line-height: 1.6; }
+.champion, .tuning { margin: .5em 0 1.5em 0; line-height: 1.6; }
 code { background: #f3f3f3; padding: 0 .2em; overflow-wrap: anywhere; }
 .gallery { display: flex; flex-wrap: wrap; gap: 1em; }
 .gallery figure { margin: 0; width: 150px; font-size: .85em; }
@@ -248,9 +248,9 @@ def _banner(blessing: Mapping[str, Any]) -> str:
 def _tuning(tuning: Mapping[str, Any] | None) -> str:
     """Where the model's hyperparameters came from: the configuration, or the best trial of a search."""
     if not tuning:
-        return '<p class="champion">Hyperparameters: as configured (no search).</p>'
+        return '<p class="tuning">Hyperparameters: as configured (no search).</p>'
     values = ", ".join(f"{_text(key)} <code>{_text(value)}</code>" for key, value in sorted(tuning["hyperparameters"].items()))
-    return (f'<p class="champion">Hyperparameters: tuned, the best of {_text(tuning["trials"])} '
+    return (f'<p class="tuning">Hyperparameters: tuned, the best of {_text(tuning["trials"])} '
             f'{_text(tuning["algorithm"])} trials (trial {_text(tuning["best_trial"])}, {_text(tuning["objective"])} '
             f'{tuning["best_objective"]:.4f}) in <code>{_text(tuning["output"])}</code>: {values}.</p>')
 
