@@ -19,9 +19,18 @@ import re
 import sys
 import tempfile
 import types
+from datetime import datetime
 from typing import Sequence
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Rfc3339Formatter(logging.Formatter):
+    """Times as RFC 3339 in local time with its offset (2026-12-04T13:20:00.123+01:00): unambiguous across
+    machines, and what log readers parse (Katib's metrics collector takes a line's time from it)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
 
 # The DirectRunner relays each worker log line as one INFO line of protobuf text on this logger.
 _RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
@@ -83,7 +92,9 @@ def configure_logging(level: str | None = None, *, verbose: bool = False) -> Non
     """Logs to stderr at `level` (default: DEBUG when `verbose`, else $CVPIPE_LOG_LEVEL or INFO), Beam's own
     lines from WARNING, TensorFlow's start-up lines dropped; `verbose` adds tracebacks to logged errors."""
     default = "DEBUG" if verbose else os.environ.get("CVPIPE_LOG_LEVEL", "INFO")
-    logging.basicConfig(level=(level or default).upper(), format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(Rfc3339Formatter(LOG_FORMAT))
+    logging.basicConfig(level=(level or default).upper(), handlers=[handler])
     quiet_tensorflow_start()
     for chatty in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -33,7 +33,9 @@ sys.exit(code)
 HELPS = {
     ("components.ingest",): ["--input", "PATH/<label>/<image>", "--runner"],
     ("components.transform",): ["--image-size", "--resize-method"],
-    ("components.train",): ["--epochs", "--model"],
+    ("components.train",): ["--epochs", "--model", "--tuning"],
+    ("components.tune",): ["--max-trials", "--algorithm", "--max-minutes"],
+    ("components.tune.katib",): ["--parallel-trials", "--trials-dir", "--algorithm"],
     ("components.evaluate",): ["--champion", "--no-champion"],
     ("components.export",): ["--transform", "--version"],
     ("components.deploy",): ["push", "promote", "rollback"],
@@ -106,6 +108,7 @@ def test_deploy_still_pushes_without_a_command_name(tmp_path):
     ("components.ingest", "--input", "{missing}", "--output", "{tmp}/out"),
     ("components.transform", "--input", "{missing}", "--output", "{tmp}/out"),
     ("components.train", "--transformed", "{missing}", "--output", "{tmp}/out"),
+    ("components.tune", "--transformed", "{missing}", "--output", "{tmp}/out"),
     ("components.export", "--model", "{missing}", "--transform", "{tmp}", "--output", "{tmp}/out"),
     ("components.evaluate", "--model", "{missing}", "--data", "{tmp}", "--output", "{tmp}/out"),
     ("components.batch_predict", "--model", "{tmp}", "--input", "{missing}", "--output", "{tmp}/out"),

@@ -167,6 +167,11 @@ def run_training(transform_dir: str, output: str, config: Config, *, overwrite: 
     restored = restored_epoch(history, monitor, max(settings.epochs + 1 if fine_tuning else 1,
                                                     (epoch_log.first_epoch or 0) + 1))
     logger.info("final weights sha256 %s", digest)
+    # One line of the kept weights' metrics, as Keras names them (val_accuracy): a Katib trial's objective.
+    logger.info("Kept the weights of epoch %s: %s", restored or "(the last)",
+                ", ".join(f"{'val_' if split == 'valid' else split + '_'}{name} {value:.4f}"
+                          for split, metrics in final.items() for name, value in sorted(metrics.items()))
+                or "no validation split")
     training = {
         "model": settings.model,
         "config": {"train": config.to_dict()["train"]},

@@ -5,12 +5,8 @@ from __future__ import annotations
 import sys
 
 from components import cli
-from components.config import TUNE_ALGORITHMS, TuneConfig, meaning_of
 from components.stage_runner import run_stage
-
-# Flags that set one tune.* value each: (type, choices).
-_FLAGS = {"algorithm": (str, TUNE_ALGORITHMS), "max_trials": (int, None), "max_minutes": (float, None),
-          "epochs": (int, None), "seed": (int, None)}
+from components.tune import add_tune_flags, tune_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transformed", required=True, help="transform output directory")
     parser.add_argument("--output", required=True, help="search output directory")
     parser.add_argument("--overwrite", action="store_true", help="search again over a finished search")
-    for name, (kind, choices) in _FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices,
-                            help=f"{meaning_of(TuneConfig, name)} (tune.{name}, default: {getattr(TuneConfig(), name)})")
+    add_tune_flags(parser)
     cli.add_config_arguments(parser)
     args = parser.parse_args(argv)
     cli.require_path(parser, args.transformed, "--transformed", "a transform output directory")
-    args.overrides += [f"tune.{name}={getattr(args, name)}" for name in _FLAGS if getattr(args, name) is not None]
+    args.overrides += tune_overrides(args)
     cli.start_logging(args)
     config = cli.config_from_args(parser, args)
     from components.tune.search import run_tuning  # TensorFlow and KerasTuner load after the arguments are checked

@@ -20,12 +20,13 @@ KUBEFLOW_OVERLAYS = {name: KUBEFLOW / "overlays" / name for name in ("nfs", "mul
 TRAINING = INFRA / "training"
 TRAINING_KUSTOMIZATIONS = {name: TRAINING / name for name in ("tfjob", "indexed-job")}
 RETRAIN = KUBEFLOW / "retrain"
+KATIB = INFRA / "katib"
 SECRET_EXAMPLES = KUBEFLOW / "secrets"
 # Every kustomization, by the name the `builds` fixture gives its output.
 BUILD_DIRS = {"base": BASE, **OVERLAYS, "mlflow": MLFLOW, "kubeflow": KUBEFLOW / "base",
               **{f"kubeflow/{name}": path for name, path in KUBEFLOW_OVERLAYS.items()},
               **{f"training/{name}": path for name, path in TRAINING_KUSTOMIZATIONS.items()},
-              "kubeflow/retrain": RETRAIN}
+              "kubeflow/retrain": RETRAIN, "katib": KATIB}
 KUSTOMIZATIONS = list(BUILD_DIRS.values())
 # Manifests applied on their own, not through a kustomization.
 STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.yaml",
@@ -34,7 +35,8 @@ STANDALONE = {OVERLAYS["local"] / "model-loader.yaml", MLFLOW / "secret.example.
 EXTERNAL_SECRETS = {"mlflow-db", "cvpipe-gcp", "cvpipe-aws", "cvpipe-mlflow"}
 # Claims a build mounts but another kustomization creates (in the same namespace; checked below).
 EXTERNAL_CLAIMS = {"kubeflow-local": {"cvpipe-models"}, "training/tfjob": {"cvpipe-data"},
-                   "training/indexed-job": {"cvpipe-data"}, "kubeflow/retrain": {"cvpipe-data"}}
+                   "training/indexed-job": {"cvpipe-data"}, "kubeflow/retrain": {"cvpipe-data"},
+                   "katib": {"cvpipe-data"}}
 MODEL_NAME = "cvpipe-classifier"
 SERVING_DEPLOYMENT = "tf-serving"
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",

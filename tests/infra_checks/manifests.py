@@ -23,10 +23,13 @@ def manifest_files() -> list[Path]:
 
 
 def pod_specs(doc: dict) -> list[dict]:
-    """Every pod template of a resource: one for workloads, one per replica type for a TFJob."""
+    """Every pod template of a resource: one for workloads, one per replica type for a TFJob, the trial's for
+    a Katib Experiment."""
     if doc.get("kind") == "TFJob":
         return [replica.get("template", {}).get("spec", {})
                 for replica in doc.get("spec", {}).get("tfReplicaSpecs", {}).values()]
+    if doc.get("kind") == "Experiment":
+        return pod_specs(doc.get("spec", {}).get("trialTemplate", {}).get("trialSpec", {}))
     spec = pod_spec(doc)
     return [spec] if spec is not None else []
 

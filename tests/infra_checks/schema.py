@@ -1,5 +1,6 @@
 """Whether a manifest's fields exist in the Kubernetes API and have its types: the models of the
-`kubernetes` client in requirements.lock, and the Training Operator's TFJob (a CRD) declared here."""
+`kubernetes` client in requirements.lock, and the CRDs declared here: the Training Operator's TFJob and
+Katib's Experiment."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from __future__ import annotations
 # them (JSON name -> type; type names are client models, these, or str/int/bool/dict(...)/list[...]).
 # TFJob: kubeflow.org/v1 of the Kubeflow Training Operator (pkg/apis/kubeflow.org/v1: TFJobSpec,
 # RunPolicy, SchedulingPolicy, ReplicaSpec); enumerated values are checked by tfjob_problems.
+# Experiment: kubeflow.org/v1beta1 of Katib, transcribed from the models of the kubeflow-katib 0.19.0 SDK
+# (kubeflow/katib/models/v1beta1_*.py: openapi_types by attribute_map); the SDK itself cannot be installed
+# beside TensorFlow (it pins protobuf<5). A trial's trialSpec is free-form there: tests check it as a Job.
 CRD_MODELS = {
     ("kubeflow.org/v1", "TFJob"): "KubeflowOrgV1TFJob",
+    ("kubeflow.org/v1beta1", "Experiment"): "V1beta1Experiment",
 }
 CRD_TYPES = {
     "KubeflowOrgV1TFJob": {"apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
@@ -25,6 +30,36 @@ CRD_TYPES = {
     "KubeflowOrgV1SchedulingPolicy": {"minAvailable": "int", "queue": "str", "minResources": "dict(str, str)",
                                       "priorityClass": "str", "scheduleTimeoutSeconds": "int"},
     "KubeflowOrgV1ReplicaSpec": {"replicas": "int", "template": "V1PodTemplateSpec", "restartPolicy": "str"},
+    "V1beta1Experiment": {"apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
+                          "spec": "V1beta1ExperimentSpec", "status": "object"},
+    "V1beta1ExperimentSpec": {"algorithm": "V1beta1AlgorithmSpec", "earlyStopping": "V1beta1EarlyStoppingSpec",
+                              "maxFailedTrialCount": "int", "maxTrialCount": "int",
+                              "metricsCollectorSpec": "V1beta1MetricsCollectorSpec", "nasConfig": "object",
+                              "objective": "V1beta1ObjectiveSpec", "parallelTrialCount": "int",
+                              "parameters": "list[V1beta1ParameterSpec]", "resumePolicy": "str",
+                              "trialTemplate": "V1beta1TrialTemplate"},
+    "V1beta1ParameterSpec": {"feasibleSpace": "V1beta1FeasibleSpace", "name": "str", "parameterType": "str"},
+    "V1beta1FeasibleSpace": {"distribution": "str", "list": "list[str]", "max": "str", "min": "str", "step": "str"},
+    "V1beta1ObjectiveSpec": {"additionalMetricNames": "list[str]", "goal": "float",
+                             "metricStrategies": "list[V1beta1MetricStrategy]", "objectiveMetricName": "str",
+                             "type": "str"},
+    "V1beta1MetricStrategy": {"name": "str", "value": "str"},
+    "V1beta1AlgorithmSpec": {"algorithmName": "str", "algorithmSettings": "list[V1beta1AlgorithmSetting]"},
+    "V1beta1AlgorithmSetting": {"name": "str", "value": "str"},
+    "V1beta1EarlyStoppingSpec": {"algorithmName": "str", "algorithmSettings": "list[V1beta1EarlyStoppingSetting]"},
+    "V1beta1EarlyStoppingSetting": {"name": "str", "value": "str"},
+    "V1beta1TrialTemplate": {"configMap": "V1beta1ConfigMapSource", "failureCondition": "str",
+                             "primaryContainerName": "str", "primaryPodLabels": "dict(str, str)", "retain": "bool",
+                             "successCondition": "str", "trialParameters": "list[V1beta1TrialParameterSpec]",
+                             "trialSpec": "object"},
+    "V1beta1TrialParameterSpec": {"description": "str", "name": "str", "reference": "str"},
+    "V1beta1ConfigMapSource": {"configMapName": "str", "configMapNamespace": "str", "templatePath": "str"},
+    "V1beta1MetricsCollectorSpec": {"collector": "V1beta1CollectorSpec", "source": "V1beta1SourceSpec"},
+    "V1beta1CollectorSpec": {"customCollector": "V1Container", "kind": "str"},
+    "V1beta1SourceSpec": {"fileSystemPath": "V1beta1FileSystemPath", "filter": "V1beta1FilterSpec",
+                          "httpGet": "V1HTTPGetAction"},
+    "V1beta1FilterSpec": {"metricsFormat": "list[str]"},
+    "V1beta1FileSystemPath": {"format": "str", "kind": "str", "path": "str"},
 }
 
 
