@@ -13,7 +13,10 @@ Rows, each against a baseline measured in the same run:
   requests/s. Targets: REST p50 overhead <= 3 ms over in-process (1 client, one image); with 16
   clients and batching on, throughput >= 0.7x the in-process call at batch 16;
 - a 60 s load of 16 clients (8 REST, 8 gRPC, batching on): errors (target 0) and server RSS growth
-  (target < 10 %).
+  (target < 10 %);
+- REST and gRPC, 16 clients, batching on, with prediction logging (`logging_config`) at sampling_rate
+  0.01 (target: >= 0.97x unlogged) and 1.0 (every request: the most logging can cost) against the same
+  variants unlogged; the records written (none torn).
 
 Each measured variant runs `BenchSettings.seconds` (6 s) after its warm-up, the load `load_seconds` (60 s).
 """
@@ -25,6 +28,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -42,6 +46,7 @@ from PIL import Image
 
 from bench.fixtures import ExportedModel, ModelSpec, demo_images, exported_model, image_files
 from bench.settings import BENCH_DIR, BenchSettings
+from components import prediction_logs
 from components.artifacts import IMAGE_INPUT, SERVING_SIGNATURE
 from components.image_header import check_image_bytes
 from components.manifest import read_manifest
@@ -54,6 +59,7 @@ MODEL = "cvpipe-classifier"
 IMAGE_SIZE = 224
 SERVED_MODEL = ModelSpec(MODEL, IMAGE_SIZE, epochs=1)
 BATCH = 16
+LOGGING_RATES = (0.01, 1.0)  # prediction logging: the sampling a user would run, and every request
 CLIENTS = (1, BATCH)
 LOAD_WARMUP_SECONDS = 5.0  # the load test's steady state before the first RSS reading
 ROOT = BENCH_DIR.parent
@@ -141,10 +147,20 @@ def _grpc_call(target: str, jpeg: bytes) -> Callable[[], None]:
 class _Server:
     """`python -m serving.server` in a subprocess, on free ports."""
 
-    def __init__(self, base: Path, batching_file: Path | None):
+    def __init__(self, base: Path, batching_file: Path | None, log_prefix: Path | None = None,
+                 sampling_rate: float = 1.0):
         self.rest_port, self.grpc_port = _free_port(), _free_port()
-        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}",
-                   f"--rest_api_port={self.rest_port}", f"--model_name={MODEL}", f"--model_base_path={base.resolve()}"]
+        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
+        if log_prefix is None:
+            command += [f"--model_name={MODEL}", f"--model_base_path={base.resolve()}"]
+        else:
+            log_prefix.parent.mkdir(parents=True, exist_ok=True)
+            config = log_prefix.parent / "models.config"
+            config.write_text(
+                f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base.resolve()}" model_platform: '
+                f'"tensorflow" logging_config {{ log_collector_config {{ type: "file" filename_prefix: '
+                f'"{log_prefix.resolve()}" }} sampling_config {{ sampling_rate: {sampling_rate} }} }} }} }}')
+            command += [f"--model_config_file={config}"]
         if batching_file is not None:
             command += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "CVPIPE_LOG_LEVEL": "WARNING"})
@@ -233,24 +249,66 @@ def run(settings: BenchSettings) -> list[dict]:
     batching_file = settings.data_dir / "serving" / "batching.config"
     batching_file.parent.mkdir(parents=True, exist_ok=True)
     batching_file.write_text(BATCHING)
+    logging_dir = settings.data_dir / "serving" / "prediction_logs"
+    shutil.rmtree(logging_dir, ignore_errors=True)
+    logging_dir.mkdir(parents=True)
+    unlogged: dict[str, dict] = {}
     for batching in (False, True):
         server = _Server(model.base, batching_file if batching else None)
         try:
             for transport in ("REST", "gRPC"):
                 for clients in CLIENTS:
-                    def make() -> Callable[[], None]:
-                        if transport == "REST":
-                            return _rest_call(f"http://127.0.0.1:{server.rest_port}", body)
-                        return _grpc_call(f"127.0.0.1:{server.grpc_port}", jpeg)
-                    summary = _summary([_drive([make() for _ in range(clients)], settings.seconds)
-                                        for _ in range(settings.repeats)])
+                    summary = _summary([_drive([_client(server, transport, body, jpeg) for _ in range(clients)],
+                                               settings.seconds) for _ in range(settings.repeats)])
                     rows.append(_variant_row(transport, clients, batching, summary, single, batch_rate))
                     logger.info("%s", rows[-1]["variant"] + ": " + rows[-1]["note"])
+                    if batching and clients == BATCH:
+                        unlogged[transport] = summary
             if batching:
                 rows.append(_load_row(server, body, jpeg, settings.load_seconds))
         finally:
             server.stop()
+    for rate in LOGGING_RATES:
+        server = _Server(model.base, batching_file, logging_dir / f"rate-{rate:g}" / MODEL, rate)
+        try:
+            for transport in ("REST", "gRPC"):
+                summary = _summary([_drive([_client(server, transport, body, jpeg) for _ in range(BATCH)],
+                                           settings.seconds) for _ in range(settings.repeats)])
+                rows.append(_logged_row(transport, rate, summary, unlogged[transport]))
+                logger.info("%s", rows[-1]["variant"] + ": " + rows[-1]["note"])
+        finally:
+            server.stop()
+    rows[-1]["note"] += "; " + _logged_files(logging_dir)
     return rows
+
+
+def _client(server: _Server, transport: str, body: bytes, jpeg: bytes) -> Callable[[], None]:
+    if transport == "REST":
+        return _rest_call(f"http://127.0.0.1:{server.rest_port}", body)
+    return _grpc_call(f"127.0.0.1:{server.grpc_port}", jpeg)
+
+
+def _logged_row(transport: str, rate: float, summary: dict, unlogged: dict) -> dict:
+    """16 clients, batching on, requests logged at `rate`, against the same variant without logging."""
+    note = (f"p50 {summary['p50_ms']} ms (unlogged {unlogged['p50_ms']} ms), p99 {summary['p99_ms']} ms "
+            f"(unlogged {unlogged['p99_ms']} ms); req/s range {_range(summary['rate_range'])}; errors "
+            f"{summary['errors']}; baseline: the same variant without logging"
+            + (" (target >= 0.97)" if rate <= 0.01 else ""))
+    return {"benchmark": "serving", "images": summary["requests"],
+            "variant": f"{transport} predict, {BATCH} clients, batching on, logging_config sampling_rate {rate:g}",
+            "images_per_s": round(summary["rate"], 1), "vs_baseline": round(summary["rate"] / unlogged["rate"], 2),
+            "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"], "note": note}
+
+
+def _logged_files(directory: Path) -> str:
+    """What the logged variants wrote: records, bytes per record, torn records (must be none)."""
+    records = size = torn = 0
+    for path in prediction_logs.log_files([str(directory)]):
+        reading = prediction_logs.FileReading(path)
+        records += sum(1 for _ in prediction_logs.read_records(path, reading))
+        size, torn = size + reading.complete_bytes, torn + reading.torn
+    return (f"prediction logs: {records} records, {size / max(records, 1) / 1024:.1f} KB each, "
+            f"{torn} torn files")
 
 
 def _variant_row(transport: str, clients: int, batching: bool, summary: dict, single: dict,

@@ -80,6 +80,12 @@ REPORT_FILE = "evaluation.html"
 SUMMARY_FILE = "summary.json"
 ERRORS_FILE = "errors.jsonl"  # one line per input without a prediction: uri, reason, detail
 
+# monitor
+MONITOR_FILE = "monitor.json"  # every window: metrics, drift tests, alerts; what was read and refused
+LIVE_METRICS_FILE = "live_metrics.json"  # the newest window as one flat object (the retrain policy's live metric)
+MONITOR_REPORT_FILE = "monitor.html"
+MONITOR_PLOTS = ("monitor_accuracy.png", "monitor_drift.png", "monitor_traffic.png")  # accuracy, drift, traffic
+
 # deploy
 MODEL_CONFIG_FILE = "models.config"  # in the serving base path
 DEPLOYMENTS_FILE = "deployments.json"  # in the model's base path

@@ -371,6 +371,48 @@ class EvaluateConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Continuous evaluation of what is served (components.monitor): windows, drift tests and alert thresholds."""
+
+    window: str = described("1d", "length of a time window: <number><s|m|h|d|w>, e.g. 6h")
+    moving_average_windows: int = described(7, "windows averaged for the moving averages (labelled-weighted)")
+    min_labelled: int = described(30, "labelled predictions a window needs before its accuracy can alert")
+    min_accuracy: float = described(0.0, "alert when a window's accuracy is below this (0: off)")
+    max_accuracy_drop: float = described(0.05, "alert when a window's accuracy is this far below the baseline's "
+                                               "(1: off)")
+    drift_alpha: float = described(0.01, "a drift test whose p-value is below this flags drift")
+    min_drift_sample: int = described(30, "predictions a window needs before its drift tests can alert")
+    drift_alerts: bool = described(True, "input or prediction drift alerts (off: reported only)")
+    baseline_images: int = described(1000, "training images sampled for the image-statistics baseline")
+    mmd_samples: int = described(500, "predictions per side of the MMD test on probability vectors")
+    mmd_permutations: int = described(500, "permutations of the MMD test (its smallest p-value is 1/(1+N))")
+    seed: int = 0
+
+    def validate(self) -> None:
+        window_seconds(self.window)
+        for name in ("moving_average_windows", "min_labelled", "min_drift_sample", "baseline_images", "mmd_samples",
+                     "mmd_permutations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"monitor.{name} must be >= 1")
+        for name in ("min_accuracy", "max_accuracy_drop"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"monitor.{name} must be between 0 and 1")
+        if not 0 < self.drift_alpha < 1:
+            raise ConfigError("monitor.drift_alpha must be between 0 and 1 (exclusive)")
+
+
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def window_seconds(window: str) -> int:
+    """The seconds of a window like `1d`, `6h`, `30m`, `90s` or `1w` (ConfigError otherwise)."""
+    text = str(window).strip().lower()
+    if len(text) < 2 or text[-1] not in _WINDOW_UNITS or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise ConfigError(f"monitor.window must be <number><s|m|h|d|w> (e.g. 1d, 6h), got {window!r}")
+    return int(text[:-1]) * _WINDOW_UNITS[text[-1]]
+
+
+@dataclass
 class TrackingConfig:
     """MLflow tracking and model registry."""
 
@@ -465,6 +507,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     batch_predict: BatchPredictConfig = field(default_factory=BatchPredictConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)

@@ -117,3 +117,10 @@ def _read_at_most(stream: BinaryIO, size: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def source_channels(image: Image.Image) -> int:
+    """The channels of the source image (before conversion to RGB): 1 gray, 3 colour, 4 with alpha."""
+    if image.mode == "P":
+        return 4 if "transparency" in image.info else 3
+    return 4 if image.mode == "PA" else len(image.getbands())

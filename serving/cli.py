@@ -51,6 +51,9 @@ _HELP = {
     "reload_config_base_path_prefixes": "comma-separated directories or URIs the base paths of a reloaded config "
                                         "must lie under (default: the folder of --model_config_file, or the "
                                         "parent of --model_base_path)",
+    "prediction_log_max_file_bytes": "a model's prediction log (logging_config in --model_config_file) starts a "
+                                     "new file once its current one holds this many bytes",
+    "prediction_log_max_files": "closed prediction log files kept per filename_prefix (the oldest are removed)",
 }
 
 

@@ -13,23 +13,34 @@ from concurrent.futures import Executor, Future
 from typing import Any, Callable, TypeVar
 
 import grpc
+from tensorflow_serving.apis import predict_pb2
 
 from serving.batching import BatchScheduler
 from serving.errors import ServingError, invalid_argument
-from serving.inference import PredictCall
+from serving.inference import PredictCall, model_spec
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
+from serving.request_logging import RequestLogging
 
 T = TypeVar("T")
 
 
 class ServingCore:
-    """The model manager, the optional batch scheduler and the metrics, behind one interface."""
+    """The model manager, the optional batch scheduler, the request logs and the metrics, behind one interface."""
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, batcher: BatchScheduler | None):
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics, batcher: BatchScheduler | None,
+                 request_logging: RequestLogging | None = None):
         self.manager = manager
         self.metrics = metrics
         self._batcher = batcher
+        self._request_logging = request_logging
+
+    def log_predict(self, call: PredictCall, request: Callable[[], predict_pb2.PredictRequest],
+                    response: Callable[[], predict_pb2.PredictResponse]) -> None:
+        """Offers a successful Predict to its model's request log (sampled; the protos are built off the
+        request path)."""
+        if self._request_logging is not None:
+            self._request_logging.log_predict(model_spec(call.servable, call.signature.name), request, response)
 
     def enqueue(self, call: PredictCall) -> Future | None:
         """Hands a prepared Predict to the batch scheduler when batching is on and its signature has a batch

@@ -24,7 +24,6 @@ from serving import inference
 from serving.core import RequestTimer, ServingCore, deadline, in_thread, result
 from serving.errors import ServingError, as_serving_error, invalid_argument
 from serving.servable import Servable
-from serving.tensors import to_tensor_proto
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +100,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = _resolve(self._core, spec, timer, spec.signature_name)
         return inference.prepare_predict_request(servable, request, self._max_instances)
 
-    @staticmethod
-    def _predict_response(call: inference.PredictCall, outputs: dict) -> predict_pb2.PredictResponse:
-        response = predict_pb2.PredictResponse(model_spec=inference.model_spec(call.servable, call.signature.name))
-        for alias, value in outputs.items():
-            response.outputs[alias].CopyFrom(to_tensor_proto(value))
-        return response
-
     def _start_predict(self, request: predict_pb2.PredictRequest,
                        timer: RequestTimer) -> predict_pb2.PredictResponse | tuple[Future, inference.PredictCall]:
         """Decodes a Predict; runs it here, or enqueues it for batching (its future and call)."""
         call = self._prepare_predict(request, timer)
         batch = self._core.enqueue(call)
         if batch is None:
-            return self._predict_response(call, inference.run_predict(call))
+            return self._logged(request, call, inference.predict_response(call, inference.run_predict(call)))
         return batch, call
+
+    def _logged(self, request: predict_pb2.PredictRequest, call: inference.PredictCall,
+                response: predict_pb2.PredictResponse) -> predict_pb2.PredictResponse:
+        self._core.log_predict(call, lambda: request, lambda: response)
+        return response
 
     @_rpc("predict")
     async def Predict(self, request, context, timer):
@@ -124,7 +121,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if isinstance(started, predict_pb2.PredictResponse):
             return started
         batch, call = started
-        return self._predict_response(call, await result(batch, until))
+        return self._logged(request, call, inference.predict_response(call, await result(batch, until)))
 
     def _run(self, request: Any, timer: RequestTimer, run: Callable[[Servable], Any]) -> Any:
         spec = _spec_of(request)

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb
 from components.artifacts import SERVING_SIGNATURE
 from serving.errors import failed_precondition, invalid_argument, unimplemented
 from serving.servable import Servable, Signature
-from serving.tensors import check_tensor_proto, datatype_of, dtype_name, to_ndarray
+from serving.tensors import check_tensor_proto, datatype_of, dtype_name, to_ndarray, to_tensor_proto
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -165,6 +165,14 @@ def prepare_predict_request(servable: Servable, request: predict_pb2.PredictRequ
 def run_predict(call: PredictCall) -> dict[str, np.ndarray]:
     """Runs a prepared Predict unbatched."""
     return call.servable.run(call.signature, call.inputs, call.outputs)
+
+
+def predict_response(call: PredictCall, outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    """The PredictResponse of a Predict's outputs: the model_spec that answered and each output's TensorProto."""
+    response = predict_pb2.PredictResponse(model_spec=model_spec(call.servable, call.signature.name))
+    for alias, value in outputs.items():
+        response.outputs[alias].CopyFrom(to_tensor_proto(value))
+    return response
 
 
 def examples_tensor(model_input: input_pb2.Input) -> np.ndarray:

@@ -7,6 +7,7 @@ Names follow TF Serving's exporter (`/tensorflow/serving/request_count` is expor
   :tensorflow:serving:request_latency{model_name,API,entrypoint}                      histogram, us
   :tensorflow:serving:batching_session:processed_batch_size{model_name,signature_name} histogram
   :tensorflow:serving:batching_session:queuing_latency{model_name,signature_name}      histogram, us
+  :tensorflow:serving:request_log_count{model_name,status_code}                        counter (sampled requests)
   :cvpipe:serving:model_version_available{model_name,version}                         gauge (1 per version)
 """
 
@@ -110,6 +111,10 @@ class ServingMetrics:
             ":tensorflow:serving:batching_session:queuing_latency",
             "Distribution of the time (in microseconds) requests wait in a batching queue.",
             ("model_name", "signature_name"), LATENCY_BUCKETS_US)
+        self.request_log_count = Counter(
+            ":tensorflow:serving:request_log_count",
+            "The total number of requests logged from the model server sliced down by model_name and status code.",
+            ("model_name", "status_code"))
 
     def observe_request(self, model: str, signature: str, api: str, entrypoint: str, status: str,
                         seconds: float) -> None:
@@ -123,11 +128,16 @@ class ServingMetrics:
         for wait in waits:
             self.queuing_latency.observe((model, signature), wait * 1e6)
 
+    def observe_log(self, model: str, status: str) -> None:
+        """Counts one sampled request: queued for its prediction log (`OK`) or dropped (`RESOURCE_EXHAUSTED`)."""
+        self.request_log_count.inc((model, status))
+
     def render(self) -> str:
         name = ":cvpipe:serving:model_version_available"
         lines = [f"# HELP {name} 1 for every model version that is AVAILABLE.", f"# TYPE {name} gauge"]
         lines += [f"{name}{_labels(('model_name', 'version'), (model, version))} 1"
                   for model, version in self._available_versions()]
-        for metric in (self.request_count, self.request_latency, self.batch_size, self.queuing_latency):
+        for metric in (self.request_count, self.request_latency, self.batch_size, self.queuing_latency,
+                       self.request_log_count):
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ from serving.json_tensor import JsonLimits
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.options import ServerOptions
+from serving.request_logging import RequestLogging, WriterOptions
 from serving.rest import RestApi
 from serving.servable import Servable, load_servable
 from serving.warmup import warm_up
@@ -94,6 +95,7 @@ class ModelServer:
         self._pollers: list[_Poller] = []
         self._batcher: BatchScheduler | None = None
         self._manager: ModelManager | None = None
+        self._request_logging: RequestLogging | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -139,12 +141,16 @@ class ModelServer:
         grpc_arguments = _grpc_arguments(options.grpc_channel_arguments)
         self._manager = ModelManager(self._load, options.allow_version_labels_for_unavailable_models)
         metrics = ServingMetrics(self._manager.available_versions)
+        self._request_logging = RequestLogging(
+            [t for t in options.saved_model_tags.split(",") if t],
+            WriterOptions(options.prediction_log_max_file_bytes, options.prediction_log_max_files),
+            metrics.observe_log)
         if batching is not None:
             self._batcher = BatchScheduler(batching, metrics.observe_batch)
             logger.info("Batching: %s", batching)
         try:
-            self._manager.apply_config(model_config)
-            core = ServingCore(self._manager, metrics, self._batcher)
+            self.reload_config(model_config)
+            core = ServingCore(self._manager, metrics, self._batcher, self._request_logging)
             self._start_front_ends(core, metrics_path, grpc_arguments)
         except BaseException:
             self.stop()
@@ -213,8 +219,11 @@ class ModelServer:
     # ---- configuration -----------------------------------------------------------------------------------
 
     def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Serves the models of `config` from now on; raises ServingError."""
+        """Serves (and logs requests for) the models of `config` from now on; raises ServingError, having
+        changed nothing when a logging_config cannot be used."""
+        self._request_logging.check(config)
         self._manager.apply_config(config)
+        self._request_logging.update(config)
 
     def handle_reload_config_request(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """gRPC HandleReloadConfigRequest: refused unless --allow_reload_config_request, and then only for base
@@ -280,6 +289,8 @@ class ModelServer:
         for executor in self._executors:
             executor.shutdown(wait=True)
         self._executors = []
+        if self._request_logging is not None:
+            self._request_logging.close()
         if self._manager is not None:
             self._manager.unload_all()
         if self._ports is not None:

@@ -5,7 +5,8 @@ Flags are named and behave as tensorflow_model_server's (`--port`, `--rest_api_p
 `--model_config_file`, ...; booleans accept `--flag`, `--flag=true|false`), plus this server's own:
 `--bind_address`, `--shutdown_grace_seconds`, the request limits (`--rest_api_max_body_bytes`,
 `--rest_api_max_json_depth`, `--rest_api_max_json_values`, `--rest_api_max_number_digits`,
-`--max_request_instances`), the slow-client
+`--max_request_instances`), the bounds of prediction logs (`--prediction_log_max_file_bytes`,
+`--prediction_log_max_files`), the slow-client
 timeouts (`--rest_api_header_timeout_seconds`, `--rest_api_body_timeout_seconds`) and the guard on
 gRPC reloads (`--allow_reload_config_request`, `--reload_config_base_path_prefixes`).
 """
@@ -54,6 +55,8 @@ class ServerOptions:
     shutdown_grace_seconds: float = 30.0
     allow_reload_config_request: bool = False
     reload_config_base_path_prefixes: str = ""
+    prediction_log_max_file_bytes: int = 64 * 2**20
+    prediction_log_max_files: int = 1000
 
     def __post_init__(self) -> None:
         if not self.model_config_file and not self.model_base_path:
@@ -61,7 +64,7 @@ class ServerOptions:
         for name in ("rest_api_num_threads", "rest_api_max_body_bytes", "grpc_max_threads",
                      "num_request_iterations_for_warmup", "rest_api_max_json_depth", "rest_api_max_json_values",
                      "rest_api_max_number_digits",
-                     "max_request_instances"):
+                     "max_request_instances", "prediction_log_max_file_bytes", "prediction_log_max_files"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rest_api_header_timeout_seconds", "rest_api_body_timeout_seconds"):

@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
-from serving import inference, json_tensor
+from serving import inference, json_tensor, request_logging
 from serving.core import RequestTimer, ServingCore, deadline, result
 from serving.errors import ServingError, as_serving_error, invalid_argument
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -196,7 +196,8 @@ class RestApi:
         timer.model = servable.name
         return servable
 
-    def _decode_predict(self, route: Route, body: bytes, timer: RequestTimer) -> tuple[inference.PredictCall, bool]:
+    def _decode_predict(self, route: Route, body: bytes, timer: RequestTimer) -> tuple[inference.PredictCall, bool, str]:
+        """The prepared call, whether the body was in the row format, and the request's signature_name."""
         doc = json_tensor.parse_json(body, self._json_limits)
         name = json_tensor.signature_name(doc)
         servable = self._resolve(route, timer)
@@ -206,23 +207,33 @@ class RestApi:
             raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
         timer.signature = key
         inputs, row_format = json_tensor.predict_inputs(doc, signature.definition.inputs, name)
-        return inference.prepare_predict(servable, name, inputs, max_instances=self._max_instances), row_format
+        call = inference.prepare_predict(servable, name, inputs, max_instances=self._max_instances)
+        return call, row_format, name
 
-    def _start_predict(self, route: Route, body: bytes, timer: RequestTimer) -> bytes | tuple[Future, bool]:
-        """Decodes a :predict; runs and encodes it here, or enqueues it for batching (its future, row format)."""
-        call, row_format = self._decode_predict(route, body, timer)
+    def _start_predict(self, route: Route, body: bytes, timer: RequestTimer) -> bytes | tuple[Future, Callable]:
+        """Decodes a :predict; runs and encodes it here, or enqueues it for batching (its future, and what
+        encodes its outputs)."""
+        call, row_format, signature_name = self._decode_predict(route, body, timer)
+
+        def encode(outputs: dict) -> bytes:
+            spec = route.model_spec()
+            spec.signature_name = signature_name
+            self._core.log_predict(call, lambda: request_logging.predict_request(spec, call.inputs),
+                                   lambda: inference.predict_response(call, outputs))
+            return json_tensor.predict_response(outputs, row_format)
+
         batch = self._core.enqueue(call)
         if batch is None:
-            return json_tensor.predict_response(inference.run_predict(call), row_format)
-        return batch, row_format
+            return encode(inference.run_predict(call))
+        return batch, encode
 
     async def _predict(self, route: Route, body: bytes, timer: RequestTimer) -> web.Response:
         until = deadline(self._timeout)
         started = await result(self._executor.submit(self._start_predict, route, body, timer), until)
         if isinstance(started, bytes):
             return _json_response(started)
-        batch, row_format = started
-        return _json_response(json_tensor.predict_response(await result(batch, until), row_format))
+        batch, encode = started
+        return _json_response(encode(await result(batch, until)))
 
     async def _examples(self, method: Callable, encode: Callable[[Any], bytes], route: Route, body: bytes,
                         timer: RequestTimer) -> web.Response:

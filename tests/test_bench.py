@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--images", "10", "--train-images", "50", "--repeats", "1", "--seconds", "1", "--load-seconds", "1"]
 # Rows per benchmark: the machine's capacity; ingest's four variants, the baseline and the default on
 # 3x the images and the marginal rate; a transform row and four training rows per model (two models);
-# serving's three in-process rows, 2 transports x 2 client counts x batching off/on and the load; the
-# batch scoring baseline and its three in-process and two remote variants; three search variants.
-ROWS = {"machine": 1, "ingest": 7, "transform": 2, "train": 8, "serving": 12, "batch_predict": 6, "tune": 3}
+# serving's three in-process rows, 2 transports x 2 client counts x batching off/on, the load and the
+# 2 x 2 variants with every request logged; the batch scoring baseline and its three in-process and two remote variants; three search variants.
+ROWS = {"machine": 1, "ingest": 7, "transform": 2, "train": 8, "serving": 16, "batch_predict": 6, "tune": 3}
 RESULT_FILES = [ROOT / "bench" / "results.json", ROOT / "bench" / "results.md"]
 NUMBERS = ("images", "seconds", "images_per_s", "mb_per_s", "vs_baseline", "p50_ms", "p99_ms")
 

@@ -36,6 +36,8 @@ HELPS = {
     ("components.train",): ["--epochs", "--model", "--tuning"],
     ("components.tune",): ["--max-trials", "--algorithm", "--max-minutes"],
     ("components.tune.katib",): ["--parallel-trials", "--trials-dir", "--algorithm"],
+    ("components.monitor",): ["--logs", "--labels", "--baseline", "--window", "--fail-on-alert", "--webhook",
+                              "--export-labelled"],
     ("components.evaluate",): ["--champion", "--no-champion"],
     ("components.export",): ["--transform", "--version"],
     ("components.deploy",): ["push", "promote", "rollback"],
@@ -113,6 +115,7 @@ def test_deploy_still_pushes_without_a_command_name(tmp_path):
     ("components.evaluate", "--model", "{missing}", "--data", "{tmp}", "--output", "{tmp}/out"),
     ("components.batch_predict", "--model", "{tmp}", "--input", "{missing}", "--output", "{tmp}/out"),
     ("components.register", "--model", "{missing}", "--evaluation", "{tmp}"),
+    ("components.monitor", "--logs", "{tmp}", "--baseline", "{missing}", "--output", "{tmp}/out"),
     ("pipeline", "run", "--data", "{missing}", "--workdir", "{tmp}/work"),
     ("pipeline", "retrain", "--data", "{missing}", "--dry-run"),
 ], ids=lambda command: " ".join(command[:2]))

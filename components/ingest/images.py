@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from components.config import IngestConfig
-from components.image_inputs import FORMATS, open_image
+from components.image_inputs import FORMATS, open_image, source_channels
 from components.rejections import ImageRejected, Reason
 
 MAX_FILE_BYTES_SETTING = "ingest.max_file_bytes"
@@ -88,7 +88,7 @@ def check_image(data: bytes, config: IngestConfig) -> CheckedImage:
         original_format=original_format,
         height=height,
         width=width,
-        channels=_source_channels(image),
+        channels=source_channels(image),
         source_bytes=len(data),
         stored_as_given=_stored_as_given(data, image, original_format, orientation),
     )
@@ -123,9 +123,3 @@ def _stored_as_given(data: bytes, image: Image.Image, fmt: str, orientation: int
     if fmt == "png":
         return data[24] <= 8  # IHDR bit depth; 16-bit samples are reduced once, here
     return False
-
-
-def _source_channels(image: Image.Image) -> int:
-    if image.mode == "P":
-        return 4 if "transparency" in image.info else 3
-    return 4 if image.mode == "PA" else len(image.getbands())

@@ -25,6 +25,7 @@ _DECLARATIONS = {
     "export": "components.export.tracked",
     "evaluate": "components.evaluate.tracked",
     "batch_predict": "components.batch_predict.tracked",
+    "monitor": "components.monitor.tracked",
 }
 
 
